@@ -3,6 +3,7 @@
 #   make test   set up .venv (and Chromium if missing), build with warnings as
 #               errors, run every test, the browser tests of the HTML included
 # Authors: `make execute` re-executes every chapter notebook in place;
+#          `make lock` refreshes constraints.txt, the pins of every package;
 #          `make bench` times bnlib against torch and every notebook (bench/).
 # Readers: `make lab` opens the notebooks in JupyterLab (optional requirements-lab.txt);
 #          `make pdf` builds the whole book as one PDF (needs xelatex, see README).
@@ -21,7 +22,7 @@ PYTEST_FLAGS ?=
 CHROMIUM  := /usr/bin/chromium
 SUDO      := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: book test execute bench lab pdf html clean
+.PHONY: book test execute bench lab lock pdf html clean
 
 book: $(STAMP) $(MATHJAX)
 	$(JB) build . $(JB_FLAGS)
@@ -52,14 +53,25 @@ pdf: $(STAMP)
 	@echo "The PDF is at $(CURDIR)/_build/latex/book.pdf"
 
 $(LAB_STAMP): $(STAMP) requirements-lab.txt
-	$(PY) -m pip install --quiet -r requirements-lab.txt
+	$(PY) -m pip install --quiet -r requirements-lab.txt -c constraints.txt
 	touch $@
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -e .
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt -e .
 	touch $@
+
+# Refresh the lock of the whole environment: resolve requirements.txt afresh in a
+# scratch venv and pin every package it installed (torch without its +cpu tag).
+LOCK_VENV := _build/lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -r requirements.txt
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(LOCK_VENV)/bin/python -m pip freeze | sed -E 's/\+cpu$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # MathJax 3 from the npm registry, so that formulas typeset with no network.
 $(MATHJAX):

@@ -6,15 +6,25 @@
   torch threads up to float32 reordering: relative 1e-5, absolute 1e-6 (the
   differences seen are about 3e-7; the book prints 3 significant digits);
 * every notebook of the table of contents, executed a second time with another
-  hash seed and one thread for OpenMP/BLAS, prints exactly its stored outputs
-  (nbval, sanitised as in tests/nbval_sanitize.cfg). The main nbval run is the
-  first execution; together they show that two executions on this machine
-  agree, not just one that matched the stored outputs by chance.
+  hash seed, one thread for OpenMP/BLAS and *other kernels* (below), prints
+  exactly its stored exact outputs, passes every assertion of its measurement
+  cells and glues every measured number within its tolerance (nbval, sanitised
+  as in tests/nbval_sanitize.cfg, with the measurement rules of the root
+  conftest.py). The main nbval run is the first execution, with the machine's
+  own kernels; so every run of the suite checks that two instruction sets agree.
+
+The other kernels are those no AVX2 or AVX-512 machine runs by default: torch's
+ATen, oneDNN and MKL, OpenBLAS and NumPy's own loops each limited to SSE4-era
+instructions (OTHER_KERNELS; `test_other_kernels_change_what_runs` checks that
+each setting takes effect). On a CPU that is not x86-64, only torch's generic
+kernels are chosen.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +42,30 @@ from book_toc import toc_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = (1, 2, 4)
+
+
+def other_kernels() -> dict[str, str]:
+    """Environment under which torch, oneDNN, MKL, OpenBLAS and NumPy use pre-AVX2 kernels.
+
+    To emulate an AVX2-only CPU on an AVX-512 machine instead (README, "Execution model"):
+    ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+    OPENBLAS_CORETYPE=Haswell NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR".
+    """
+    env = {"ATEN_CPU_CAPABILITY": "default"}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+        env |= {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                "OPENBLAS_CORETYPE": "Sandybridge"}
+        # NumPy warns about features it does not dispatch to or the CPU lacks: name only the others.
+        disable = [f for f in ("X86_V3", "X86_V4", "AVX512_ICL", "AVX512_SPR")
+                   if f in __cpu_dispatch__ and __cpu_features__.get(f)]
+        if disable:
+            env["NPY_DISABLE_CPU_FEATURES"] = " ".join(disable)
+    return env
+
+
+OTHER_KERNELS = other_kernels()
 
 
 @pytest.fixture
@@ -90,11 +124,29 @@ def test_recalibrate_does_not_depend_on_torch_threads(make_model):
             torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6, msg=f"{threads} threads")
 
 
+def test_other_kernels_change_what_runs():
+    """Each setting of OTHER_KERNELS takes effect in a fresh Python (not just set and ignored)."""
+    probe = ("import json, torch, numpy\n"
+             "from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+             "from threadpoolctl import threadpool_info\n"
+             "print(json.dumps({'aten': torch.backends.cpu.get_cpu_capability(),\n"
+             "  'numpy': {k: f[k] for k in ('X86_V3', 'X86_V4') if k in f},\n"
+             "  'openblas': [i.get('architecture') for i in threadpool_info()\n"
+             "               if i['internal_api'] == 'openblas']}))")
+    result = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, **OTHER_KERNELS),
+                            capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(result.stdout)
+    assert seen["aten"] == "DEFAULT"
+    assert not any(seen["numpy"].values()), seen["numpy"]
+    if "OPENBLAS_CORETYPE" in OTHER_KERNELS:
+        assert set(seen["openblas"]) <= {"Sandybridge"}, seen["openblas"]
+
+
 @pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
 def test_second_execution_reproduces_the_stored_outputs(path: Path):
-    """Run nbval once more, with another hash seed and single-threaded OpenMP/BLAS."""
+    """Run nbval once more: another hash seed, single-threaded OpenMP/BLAS, other kernels."""
     env = dict(os.environ, PYTHONHASHSEED="12345", OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", **OTHER_KERNELS)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-o", "addopts=",
          "--nbval", "--nbval-current-env", "--nbval-cell-timeout", "300",
@@ -103,5 +155,5 @@ def test_second_execution_reproduces_the_stored_outputs(path: Path):
     )
     assert result.returncode == 0, (
         f"{path.name} printed something else on a second execution "
-        f"(PYTHONHASHSEED=12345, one OpenMP/BLAS thread):\n{result.stdout[-4000:]}"
+        f"(PYTHONHASHSEED=12345, one OpenMP/BLAS thread, {OTHER_KERNELS}):\n{result.stdout[-4000:]}"
     )
