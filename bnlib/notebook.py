@@ -40,7 +40,7 @@ def _check_tolerance(name: str, value: float, abs: float | None, rel: float | No
 
 
 def glue_measurement(name: str, value: float, fmt: str, *, abs: float | None = None,
-                     rel: float | None = None) -> str:
+                     rel: float | None = None) -> None:
     """Glue a measured number into the prose with the tolerance a re-execution must meet.
 
     Parameters
@@ -58,10 +58,19 @@ def glue_measurement(name: str, value: float, fmt: str, *, abs: float | None = N
         the spread across seeds, not from the last printed digit. At least one
         is required.
 
-    Returns
-    -------
-    str
-        The text glued, ``format(value, fmt)``.
+    Raises
+    ------
+    ValueError
+        If no tolerance is given, a tolerance is negative or not finite, or
+        ``value`` is not finite.
+
+    Examples
+    --------
+    In a notebook cell tagged ``measurement``:
+
+    >>> glue_measurement("ch06_gap", gap, ".2f", abs=0.1)  # doctest: +SKIP
+
+    and in its Markdown: ``the gap is {glue:text}`ch06_gap` points``.
     """
     value = float(value) if fmt[-1:] != "d" else value
     _check_tolerance(name, float(value), abs, rel)
@@ -73,7 +82,6 @@ def glue_measurement(name: str, value: float, fmt: str, *, abs: float | None = N
     metadata["scrapbook"] = {"name": name, "mime_prefix": GLUE_PREFIX}
     metadata["measurement"] = {"value": float(value), "abs": abs, "rel": rel}
     display({GLUE_PREFIX + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
-    return text
 
 
 def glued_measurements(outputs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -29,13 +29,13 @@ def glued(displayed, name, value, fmt, **tol):
 
 
 def test_glue_shows_the_formatted_text_like_myst_nb(displayed):
-    assert glue_measurement("gap", np.float64(0.2468), ".2f", abs=0.1) == "0.25"
+    glue_measurement("gap", np.float64(0.2468), ".2f", abs=0.1)
     (out,) = displayed
     assert out["data"] == {GLUE_PREFIX + "text/plain": "'0.25'"}
     assert out["metadata"]["scrapbook"] == {"name": "gap", "mime_prefix": GLUE_PREFIX}
     assert out["metadata"]["measurement"] == {"value": 0.2468, "abs": 0.1, "rel": None}
-    assert glue_measurement("share", 0.5, ".0%", rel=0.2) == "50%"
-    assert glue_measurement("steps", np.int64(300), "d", abs=20) == "300"
+    assert glued(displayed, "share", 0.5, ".0%", rel=0.2)["share"]["text"] == "'50%'"
+    assert glued(displayed, "steps", np.int64(300), "d", abs=20)["steps"]["text"] == "'300'"
 
 
 @pytest.mark.parametrize("tol, message", [({}, "give a tolerance"), ({"abs": -1}, "abs must be"),

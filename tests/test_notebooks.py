@@ -78,3 +78,61 @@ def test_nbval_catches_a_stale_output(tmp_path: Path):
     )
     assert result.returncode != 0, result.stdout[-2000:]
     assert "mismatch" in result.stdout.lower(), result.stdout[-2000:]
+
+
+def run_nbval(notebook: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-o", "testpaths=",
+         "--nbval", "--nbval-current-env", str(notebook)],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_nbval_checks_measurement_cells_by_tolerance_only(tmp_path: Path):
+    """A tagged cell's text may change; its glued numbers may move within their tolerance only."""
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    measured = new_code_cell(
+        'from myst_nb import glue\nfrom bnlib.notebook import glue_measurement\n'
+        'print("a training run printed this")\nglue_measurement("gap", 0.25, ".2f", abs=0.1)\n'
+        'glue("n_seeds", 5, display=False)', metadata={"tags": ["measurement"]})
+    figure = ('import matplotlib\nmatplotlib.use("Agg")\nimport matplotlib.pyplot as plt\n'
+              'fig = plt.figure(figsize=(1, 1))\nglue("fig", fig, display=False)\nplt.close(fig)')
+    nb = new_notebook(cells=[measured, new_code_cell('print("exact")'), new_code_cell(figure)],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                               "language": "python"}})
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    shutil.copy(ROOT / "conftest.py", tmp_path)
+
+    def outcome(tamper) -> subprocess.CompletedProcess:
+        copy = nbformat.from_dict(nb)
+        tamper(copy.cells[0].outputs, copy.cells[1].outputs + copy.cells[2].outputs)
+        nbformat.write(copy, tmp_path / "case.ipynb")
+        return run_nbval(tmp_path / "case.ipynb", tmp_path)
+
+    def glued(outputs, name):
+        return next(o for o in outputs if o.get("metadata", {}).get("scrapbook", {}).get("name") == name)
+
+    def set_value(value):
+        return lambda m, e: glued(m, "gap").metadata["measurement"].update(value=value)
+
+    def text(m, e):
+        m[0].text = "a training run on another CPU printed this\n"
+
+    def exact(m, e):
+        e[0].text = "changed\n"
+
+    def figure_bytes(m, e):
+        glued(e, "fig").data["application/papermill.record/image/png"] = "iVBORw0KGgo="
+
+    def plain_glue(m, e):
+        glued(m, "n_seeds").data["application/papermill.record/text/plain"] = "6"
+
+    for tamper in (text, set_value(0.3), figure_bytes):          # 0.3 is within 0.1 of 0.25
+        result = outcome(tamper)
+        assert result.returncode == 0, result.stdout[-2000:]
+    for tamper, message in [(set_value(0.4), "outside their tolerance"), (plain_glue, "must be exact"),
+                            (exact, "mismatch")]:
+        result = outcome(tamper)
+        assert result.returncode != 0 and message in result.stdout.lower(), result.stdout[-2000:]
