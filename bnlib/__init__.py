@@ -5,7 +5,7 @@ the helpers that need it.
 """
 
 from ._version import __version__
-from .core import batch_norm_backward, batch_norm_forward, batch_norm_inference, batch_statistics
+from .core import batch_norm_backward, batch_norm_forward, batch_norm_inference, batch_statistics, normalized
 from .folding import fold_batch_norm, fold_batch_norm_weights
 from .layer import BatchNorm
 from .moving_average import (
@@ -68,6 +68,7 @@ __all__ = [
     "half_life",
     "launch",
     "momentum_to_decay",
+    "normalized",
     "one_pass_stats",
     "population_statistics",
     "recalibrate",

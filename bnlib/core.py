@@ -19,6 +19,7 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_inference",
     "batch_statistics",
+    "normalized",
 ]
 
 Cache = dict[str, Any]
@@ -29,7 +30,7 @@ def _check_x(x: Any, *, name: str = "x", training: bool) -> np.ndarray:
     """Validate a mini-batch once, at the boundary."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a NumPy array; got {type(x).__name__}")
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype not in (np.float32, np.float64):
         raise TypeError(
             f"{name} must have a floating dtype (float32 or float64); got {x.dtype}"
         )
@@ -39,7 +40,7 @@ def _check_x(x: Any, *, name: str = "x", training: bool) -> np.ndarray:
         )
     if x.shape[1] == 0:
         raise ValueError(f"{name} must have at least one channel (axis 1); got shape {x.shape}")
-    if training and x.size // x.shape[1] <= 1:
+    if training and x.size // x.shape[1] == 1:
         raise ValueError(
             f"{name} must have shape (N, C) or (N, C, *spatial) with N*prod(spatial) > 1 "
             f"in training mode (one value per channel cannot be normalised); "
@@ -81,8 +82,8 @@ def _as_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-channel sum of ``a * b`` over all axes but 1, without a temporary."""
-    n, c = a.shape[:2]
-    return np.einsum("ijk,ijk->j", a.reshape(n, c, -1), b.reshape(n, c, -1))
+    shape = (a.shape[0], a.shape[1], math.prod(a.shape[2:]))
+    return np.einsum("ijk,ijk->j", a.reshape(shape), b.reshape(shape))
 
 
 def _raise_if_not_finite(values: np.ndarray, what: str) -> None:
@@ -99,13 +100,16 @@ def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ----------
     x : ndarray, shape (N, C) or (N, C, *spatial), float
         The mini-batch; statistics are taken over every axis but axis 1.
+        ``m = N * prod(spatial)`` must not be 1.
 
     Returns
     -------
     mu_B : ndarray, shape (C,)
-        Mean over the ``m = N * prod(spatial)`` values of each channel.
+        Mean over the ``m = N * prod(spatial)`` values of each channel (NaN
+        for an empty batch, m = 0).
     sigma2_B : ndarray, shape (C,)
-        Biased variance, the sum of squared deviations divided by ``m``.
+        Biased variance, the sum of squared deviations divided by ``m`` (NaN
+        for an empty batch).
 
     Examples
     --------
@@ -114,6 +118,8 @@ def batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (1.5, 0.25)
     """
     _check_x(x, training=True)
+    if x.size == 0:                                  # an empty batch has no statistics
+        return np.full(x.shape[1], np.nan, x.dtype), np.full(x.shape[1], np.nan, x.dtype)
     axes = _reduce_axes(x)
     mu = x.mean(axis=axes)
     xc = x - _as_channel(mu, x.ndim)
@@ -138,10 +144,18 @@ def batch_norm_forward(
     The variance used for normalising is the *biased* one (divide by m), as in
     the paper and in ``torch.nn.functional.batch_norm(training=True)``.
 
+    The pass writes one new array: ``x - mu_B`` goes into ``y``, whose sum of
+    squares gives the variance, and is then scaled by ``gamma / sqrt(sigma2_B +
+    eps)`` and shifted by ``beta`` in place. Like torch, it caches the input,
+    the mean and ``1/sqrt(sigma2_B + eps)``, not ``x_hat``: the backward pass
+    recomputes ``x - mu_B`` from them.
+
     Parameters
     ----------
     x : ndarray, shape (N, C) or (N, C, *spatial), float32 or float64
-        The mini-batch; ``N * prod(spatial)`` must be greater than 1.
+        The mini-batch; ``m = N * prod(spatial)`` must not be 1 (one value per
+        channel cannot be normalised). An empty batch (m = 0) gives an empty
+        output, as in torch.
     gamma, beta : array_like, shape (C,)
         Scale and shift, cast to ``x.dtype``.
     eps : float, default 1e-5
@@ -152,9 +166,11 @@ def batch_norm_forward(
     y : ndarray, same shape and dtype as x
         The normalised, scaled and shifted batch.
     cache : dict
-        What :func:`batch_norm_backward` needs: ``x_hat`` (shape of x),
-        ``gamma``, ``inv_std`` = 1/sqrt(sigma2_B + eps) (shape (C,)),
-        ``mean`` and ``var`` (the batch statistics, shape (C,)).
+        What :func:`batch_norm_backward` needs: ``x`` (the input itself, not a
+        copy), ``gamma``, ``mean`` and ``var`` (the batch statistics, shape
+        (C,)) and ``inv_std`` = 1/sqrt(sigma2_B + eps) (shape (C,)); the
+        statistics are NaN for an empty batch. ``x_hat`` is
+        ``(x - mean) * inv_std`` per channel (:func:`normalized`).
 
     Raises
     ------
@@ -175,18 +191,37 @@ def batch_norm_forward(
     C = x.shape[1]
     gamma = _check_channel_vector(gamma, "gamma", C, x.dtype)
     beta = _check_channel_vector(beta, "beta", C, x.dtype)
+    if x.size == 0:                                           # m = 0: nothing to normalise
+        nan = np.full(C, np.nan, x.dtype)
+        return np.empty_like(x), {"x": x, "gamma": gamma, "inv_std": nan, "mean": nan, "var": nan}
 
-    axes = _reduce_axes(x)
-    mu = x.mean(axis=axes)
-    x_hat = x - _as_channel(mu, x.ndim)                      # x_i - mu_B
-    var = _channel_dot(x_hat, x_hat) / (x.size // C)  # sigma2_B, biased
+    mu = x.mean(axis=_reduce_axes(x))                         # mu_B
+    y = x - _as_channel(mu, x.ndim)                           # x_i - mu_B: the one new array
+    var = _channel_dot(y, y) / (x.size // C)                  # sigma2_B, biased
     _raise_if_not_finite(var, "the batch variance of x")
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat *= _as_channel(inv_std, x.ndim)                     # normalise, in place
-    y = x_hat * _as_channel(gamma, x.ndim)
-    y += _as_channel(beta, x.ndim)                            # scale and shift
-    cache = {"x_hat": x_hat, "gamma": gamma, "inv_std": inv_std, "mean": mu, "var": var}
-    return y, cache
+    y *= _as_channel(gamma * inv_std, x.ndim)                 # normalise and scale, in place
+    y += _as_channel(beta, x.ndim)                            # shift
+    return y, {"x": x, "gamma": gamma, "inv_std": inv_std, "mean": mu, "var": var}
+
+
+def normalized(cache: Cache) -> np.ndarray:
+    """The normalised batch x_hat = (x - mu_B) / sqrt(sigma2_B + eps) of a forward pass.
+
+    Parameters
+    ----------
+    cache : dict
+        The second value returned by :func:`batch_norm_forward`.
+
+    Returns
+    -------
+    x_hat : ndarray, shape and dtype of the forward input
+        Per channel, mean 0 and variance sigma2_B / (sigma2_B + eps).
+    """
+    x = cache["x"]
+    x_hat = x - _as_channel(cache["mean"], x.ndim)
+    x_hat *= _as_channel(cache["inv_std"], x.ndim)
+    return x_hat
 
 
 # --------------------------------------------------------------------------- backward
@@ -226,22 +261,26 @@ def batch_norm_backward(
     ValueError
         If dy does not have the shape of the forward input.
     """
-    x_hat = cache["x_hat"]
-    if not isinstance(dy, np.ndarray) or dy.shape != x_hat.shape:
+    x = cache["x"]
+    if not isinstance(dy, np.ndarray) or dy.shape != x.shape:
         raise ValueError(
-            f"dy must be an array with the shape of the forward input {x_hat.shape}; "
+            f"dy must be an array with the shape of the forward input {x.shape}; "
             f"got {getattr(dy, 'shape', type(dy).__name__)}"
         )
     axes = _reduce_axes(dy)
-    m = dy.size // dy.shape[1]
     dbeta = dy.sum(axis=axes)
-    dgamma = _channel_dot(dy, x_hat)
-    # dx = gamma * inv_std * (dy - dbeta/m - x_hat * dgamma/m): one new array,
-    # then three in-place passes and no temporaries of the size of dy.
-    dx = x_hat * _as_channel(-dgamma / m, dy.ndim)
+    if dy.size == 0:                                     # an empty batch: zero gradients, as in torch
+        return np.empty_like(dy), np.zeros_like(dbeta), dbeta
+    m = dy.size // dy.shape[1]
+    inv_std = cache["inv_std"]
+    dx = x - _as_channel(cache["mean"], x.ndim)          # x_i - mu_B = x_hat_i / inv_std: the one new array
+    dgamma = inv_std * _channel_dot(dy, dx)              # sum_i dy_i x_hat_i
+    # dx = gamma * inv_std * (dy - dbeta/m - x_hat * dgamma/m), finished in place
+    # with no temporaries of the size of dy.
+    dx *= _as_channel(-inv_std * dgamma / m, dy.ndim)
     dx += dy
     dx -= _as_channel(dbeta / m, dy.ndim)
-    dx *= _as_channel(cache["gamma"] * cache["inv_std"], dy.ndim)
+    dx *= _as_channel(cache["gamma"] * inv_std, dy.ndim)
     return dx.astype(dy.dtype, copy=False), dgamma, dbeta
 
 

@@ -1,7 +1,7 @@
 """A Batch Normalization layer with running statistics, in NumPy.
 
 It reproduces ``torch.nn.BatchNorm1d`` / ``BatchNorm2d`` / ``BatchNorm3d``
-exactly, including their conventions:
+(torch 2.13), including their conventions and edge cases:
 
 * ``momentum`` is the weight of the **new** batch, alpha in the book:
   ``running = (1 - momentum) * running + momentum * batch_stat``
@@ -11,6 +11,20 @@ exactly, including their conventions:
 * The running variance is updated with the **unbiased** batch variance
   (times m/(m-1)), while the batch is normalised with the **biased** one.
 * ``running_mean`` starts at 0 and ``running_var`` at 1.
+* An empty batch (N = 0) gives an empty output and zero gradients, leaves the
+  running statistics unchanged and still counts in ``num_batches_tracked``.
+* In eval mode the layer normalises with the running statistics whenever it
+  has them, even if ``track_running_stats`` was switched off after
+  construction; in training mode with ``track_running_stats`` off it updates
+  nothing.
+
+Deliberate differences from torch, each an error where torch computes on:
+
+* ``momentum`` must lie in [0, 1] (torch accepts any number, e.g. 1.5, which
+  is no longer an average);
+* a negative running variance in eval mode raises (torch returns NaN);
+* inputs must be float32 or float64 (torch also takes float16 and bfloat16),
+  and of the layer's own dtype (torch raises "mixed dtype" too).
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from .core import (
     batch_norm_backward,
     batch_norm_forward,
     batch_norm_inference,
+    normalized,
 )
 
 __all__ = ["BatchNorm"]
@@ -59,7 +74,11 @@ class BatchNorm:
         Keep ``running_mean``, ``running_var`` and ``num_batches_tracked``. If
         False, batch statistics are used in eval mode too, as in PyTorch.
     dtype : numpy dtype, default float32
-        Dtype of the parameters and buffers (PyTorch's default is float32).
+        Dtype of the parameters and buffers (PyTorch's default is float32);
+        inputs must have the same dtype.
+    bias : bool, default True, keyword only
+        With ``affine=True``, learn the shift beta; ``bias=False`` keeps beta
+        at 0 and learns the scale gamma only (torch 2.13's ``bias=False``).
 
     Attributes
     ----------
@@ -69,6 +88,18 @@ class BatchNorm:
     training : bool
     dgamma, dbeta : ndarray, shape (C,), or None
         Gradients from the last call to :meth:`backward`.
+
+    Notes
+    -----
+    Edge cases follow torch 2.13: an empty batch (N = 0) gives an empty output
+    and zero gradients, leaves the running statistics unchanged and still
+    increments ``num_batches_tracked``; one value per channel raises in training
+    mode; in eval mode the running statistics are used whenever they exist, even
+    after ``track_running_stats`` is switched off. Deliberate differences, each
+    an error where torch computes on: ``momentum`` outside [0, 1], a negative
+    running variance in eval mode (torch returns NaN), and dtypes other than
+    float32 and float64 (torch also takes float16); an input whose dtype is not
+    the layer's raises, as in torch ("mixed dtype").
 
     Examples
     --------
@@ -88,18 +119,21 @@ class BatchNorm:
         affine: bool = True,
         track_running_stats: bool = True,
         dtype: Any = np.float32,
+        *,
+        bias: bool = True,
     ) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)):
             raise TypeError(f"num_features must be a positive int; got {num_features!r}")
         if num_features < 1:
             raise ValueError(f"num_features must be a positive int; got {num_features}")
         self.dtype = np.dtype(dtype)
-        if not np.issubdtype(self.dtype, np.floating):
-            raise TypeError(f"dtype must be a floating dtype; got {self.dtype}")
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be a floating dtype, float32 or float64; got {self.dtype}")
         self.num_features = int(num_features)
         self.eps = _check_eps(eps)
         self.momentum = _check_momentum(momentum)
         self.affine = bool(affine)
+        self.bias = bool(bias) and self.affine
         self.track_running_stats = bool(track_running_stats)
         self.gamma = np.ones(num_features, dtype=self.dtype)
         self.beta = np.zeros(num_features, dtype=self.dtype)
@@ -153,7 +187,8 @@ class BatchNorm:
         return self.train(False)
 
     def _uses_batch_stats(self) -> bool:
-        return self.training or not self.track_running_stats
+        # As torch: batch statistics in training mode, or when there are no running ones.
+        return self.training or self.running_mean is None
 
     # ----------------------------------------------------------------- passes
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -161,9 +196,10 @@ class BatchNorm:
 
         Parameters
         ----------
-        x : ndarray, shape (N, C) or (N, C, *spatial), float
-            C must equal ``num_features``. In training mode (or without running
-            statistics) ``N * prod(spatial)`` must exceed 1.
+        x : ndarray, shape (N, C) or (N, C, *spatial), the layer's dtype
+            C must equal ``num_features``. With batch statistics (training
+            mode, or no running statistics) ``N * prod(spatial)`` must not be 1;
+            N = 0 gives an empty output.
 
         Returns
         -------
@@ -176,19 +212,21 @@ class BatchNorm:
                 f"x must have num_features = {self.num_features} channels on axis 1; "
                 f"got shape {x.shape}"
             )
+        if x.dtype != self.dtype:
+            raise TypeError(f"x must have the layer's dtype {self.dtype} (mixed dtype, which torch "
+                            f"also rejects); got {x.dtype}. Cast x, or build the layer with dtype=")
         if not batch_stats:
             _raise_if_not_finite(self.running_mean, "running_mean")
             _raise_if_not_finite(self.running_var, "running_var")
             y = batch_norm_inference(
                 x, self.running_mean, self.running_var, self.gamma, self.beta, self.eps
             )
-            inv_std = (1.0 / np.sqrt(self.running_var + self.eps)).astype(x.dtype)
-            shape = (1, -1) + (1,) * (x.ndim - 2)
-            x_hat = (x - self.running_mean.astype(x.dtype).reshape(shape)) * inv_std.reshape(shape)
-            self._cache = {"eval": True, "x_hat": x_hat, "scale": self.gamma * inv_std}
+            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)
+            self._cache = {"eval": True, "x": x, "mean": self.running_mean, "inv_std": inv_std,
+                           "gamma": self.gamma}
             return y
         y, self._cache = batch_norm_forward(x, self.gamma, self.beta, self.eps)
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and self.running_mean is not None:
             self._update_running_stats(self._cache["mean"], self._cache["var"], x.size // x.shape[1])
         return y
 
@@ -196,6 +234,8 @@ class BatchNorm:
 
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
         self.num_batches_tracked += 1
+        if m == 0:                                           # an empty batch: counted, no statistics
+            return
         alpha = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
         unbiased = var * (m / (m - 1))                       # Bessel's correction
         self.running_mean = ((1 - alpha) * self.running_mean + alpha * mean).astype(self.dtype)
@@ -212,36 +252,41 @@ class BatchNorm:
         Returns
         -------
         dx : ndarray, shape of dy
-            Also sets ``self.dgamma`` and ``self.dbeta`` (shape (C,); zero when
-            ``affine=False``).
+            Also sets ``self.dgamma`` and ``self.dbeta`` (shape (C,); zero for a
+            parameter that is not learned: both with ``affine=False``, ``dbeta``
+            with ``bias=False``).
         """
         if self._cache is None:
             raise RuntimeError("backward called before forward")
         if self._cache.get("eval"):
-            # Inference mode: y = scale * x + shift, a fixed affine map per channel.
-            x_hat, scale = self._cache["x_hat"], self._cache["scale"]
-            if not isinstance(dy, np.ndarray) or dy.shape != x_hat.shape:
+            # Inference mode: y = gamma * inv_std * (x - mean) + beta, a fixed affine map per channel.
+            x = self._cache["x"]
+            if not isinstance(dy, np.ndarray) or dy.shape != x.shape:
                 raise ValueError(
-                    f"dy must be an array with the shape of the forward input {x_hat.shape}; "
+                    f"dy must be an array with the shape of the forward input {x.shape}; "
                     f"got {getattr(dy, 'shape', type(dy).__name__)}"
                 )
+            x_hat = normalized(self._cache)
             axes = (0,) + tuple(range(2, dy.ndim))
-            dx = dy * scale.reshape((1, -1) + (1,) * (dy.ndim - 2))
             dgamma = np.sum(dy * x_hat, axis=axes)
             dbeta = dy.sum(axis=axes)
+            dx = dy * (self.gamma * self._cache["inv_std"]).reshape((1, -1) + (1,) * (dy.ndim - 2))
         else:
             dx, dgamma, dbeta = batch_norm_backward(dy, self._cache)
         if not self.affine:
-            dgamma, dbeta = np.zeros_like(dgamma), np.zeros_like(dbeta)
+            dgamma = np.zeros_like(dgamma)
+        if not self.bias:
+            dbeta = np.zeros_like(dbeta)
         self.dgamma, self.dbeta = dgamma, dbeta
         return dx
 
     def parameters(self) -> list[np.ndarray]:
-        """Learnable parameters [gamma, beta] (empty when ``affine=False``)."""
-        return [self.gamma, self.beta] if self.affine else []
+        """Learnable parameters: [gamma, beta], [gamma] with ``bias=False``, [] with ``affine=False``."""
+        return [self.gamma, self.beta][: 2 if self.bias else 1] if self.affine else []
 
     def __repr__(self) -> str:
         return (
             f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats})"
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+            + ("" if self.bias or not self.affine else ", bias=False") + ")"
         )
