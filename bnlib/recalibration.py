@@ -9,6 +9,14 @@ what ``torch.optim.swa_utils.update_bn`` does: the estimator "unbiased_mean" of
 :func:`~bnlib.population.population_statistics`. Wu & Johnson (2021) call this recomputation
 PreciseBN (fvcore's implementation pools the variance instead, the estimator
 "pooled"). Importing this module imports torch.
+
+Algorithm 2 can be read two ways. ``order="together"`` (the default, equal to
+``update_bn``) runs every BN layer in training mode at once, so a later layer's
+statistics are those of its inputs *as training mode makes them*, normalised by
+the earlier layers' batch statistics. ``order="layerwise"`` follows the
+algorithm's loop over layers (steps 8-12): layer k's statistics are computed
+with layers 1..k-1 already in inference mode with their new population
+statistics, so they are those of its inputs *as inference will see them*.
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from torch import nn
 
 from .models import batch_norm_layers
 
-__all__ = ["recalibrate"]
+__all__ = ["ORDERS", "recalibrate"]
+
+#: The two readings of Algorithm 2 that :func:`recalibrate` offers.
+ORDERS = ("together", "layerwise")
 
 
 def recalibrate(
@@ -30,6 +41,7 @@ def recalibrate(
     batches: Iterable[Any],
     num_batches: int | None = None,
     progress: bool = False,
+    order: str = "together",
 ) -> int:
     """Replace every BN layer's running statistics by population statistics.
 
@@ -46,6 +58,15 @@ def recalibrate(
         Use at most this many batches (all of them if None).
     progress : bool, default False
         Show a progress bar (tqdm) for long runs.
+    order : {"together", "layerwise"}, default "together"
+        ``"together"``: one pass, every BN layer in training mode, exactly
+        ``torch.optim.swa_utils.update_bn``. ``"layerwise"``: one pass per BN
+        layer, in the order of ``model.modules()``; while layer k's statistics
+        are gathered, the layers before it normalise with their new population
+        statistics (inference mode) and the layers after it with their current
+        running statistics (they do not affect layer k's inputs in a
+        feed-forward model). The batches are read once per layer, so a one-shot
+        iterator is first stored as a list.
 
     Returns
     -------
@@ -62,14 +83,17 @@ def recalibrate(
     TypeError
         If ``model`` is not a ``torch.nn.Module``.
     ValueError
-        If ``num_batches`` is not a positive int, or no batch was given. If a
-        batch raises, the running statistics are restored before re-raising.
+        If ``num_batches`` is not a positive int, ``order`` is not one of the
+        two readings, or no batch was given. If a batch raises, the running
+        statistics are restored before re-raising.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if num_batches is not None and (isinstance(num_batches, bool)
                                     or not isinstance(num_batches, int) or num_batches < 1):
         raise ValueError(f"num_batches must be a positive int or None; got {num_batches!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
     layers = [bn for bn in batch_norm_layers(model) if bn.track_running_stats]
     if not layers:
         return 0
@@ -88,16 +112,25 @@ def recalibrate(
     for bn in layers:
         bn.reset_running_stats()
         bn.momentum = None                      # cumulative average: alpha_t = 1/t
+    # Each pass: the layers in `gather` average their batch statistics (training mode),
+    # every other BN layer normalises with its running statistics (inference mode).
+    passes = [layers] if order == "together" else [[bn] for bn in layers]
+    if len(passes) > 1:
+        batches = list(batches)
     used = 0
     try:
         model.train()
         with torch.no_grad():
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (list, tuple)) else batch
-                model(x)
-                used += 1
-        if used == 0:
-            raise ValueError("batches must contain at least one mini-batch")
+            for gather in passes:
+                for bn in layers:
+                    bn.train(any(bn is g for g in gather))
+                used = 0
+                for batch in batches:
+                    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                    model(x)
+                    used += 1
+                if used == 0:
+                    raise ValueError("batches must contain at least one mini-batch")
     except BaseException:
         for bn, (mean, var, count) in zip(layers, saved):
             bn.running_mean.copy_(mean)

@@ -175,3 +175,72 @@ def test_progress_bar_gives_the_same_statistics(train_batches, capsys):
     recalibrate(ref, train_batches, num_batches=4)
     assert_same(buffers(ours), buffers(ref))
     assert "recalibrating BN" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the two readings of Algorithm 2
+def layerwise_directly(model: nn.Module, batches) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Algorithm 2 layer by layer, computed without recalibrate: capture each BN layer's
+    inputs with a forward hook while every BN layer is in inference mode, the earlier ones
+    already holding their new statistics, and average them with population_statistics."""
+    model = model.eval()
+    stats = []
+    for bn in batch_norm_layers(model):
+        inputs = []
+        handle = bn.register_forward_pre_hook(lambda _, args: inputs.append(args[0].double().numpy()))
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+        handle.remove()
+        mean, var = bnlib.population_statistics(inputs, "unbiased_mean")
+        bn.running_mean.copy_(torch.from_numpy(mean))
+        bn.running_var.copy_(torch.from_numpy(var))
+        stats.append((mean, var))
+    return stats
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_layerwise_equals_a_direct_layer_by_layer_computation(name, train_batches):
+    model = trained_like(MODELS[name])
+    assert recalibrate(model, train_batches, order="layerwise") == len(train_batches)
+    expected = layerwise_directly(trained_like(MODELS[name]), train_batches)
+    for bn, (mean, var) in zip(batch_norm_layers(model), expected):
+        assert np.allclose(bn.running_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+        assert np.allclose(bn.running_var.numpy(), var, rtol=1e-4, atol=1e-5)
+        assert int(bn.num_batches_tracked) == len(train_batches)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_two_readings_agree_on_the_first_layer_only(name, train_batches):
+    together, layerwise = trained_like(MODELS[name]), trained_like(MODELS[name])
+    recalibrate(together, train_batches, order="together")
+    recalibrate(layerwise, train_batches, order="layerwise")
+    first, *later = zip(batch_norm_layers(together), batch_norm_layers(layerwise))
+    assert torch.allclose(first[0].running_var, first[1].running_var, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a.running_var, b.running_var, rtol=1e-3) for a, b in later)
+
+
+def test_layerwise_reads_a_one_shot_iterator_and_respects_num_batches(train_batches):
+    ours, ref = trained_like(mlp), trained_like(mlp)
+    assert recalibrate(ours, (b for b in train_batches), num_batches=5, order="layerwise") == 5
+    recalibrate(ref, train_batches[:5], order="layerwise")
+    assert_same(buffers(ours), buffers(ref))
+
+
+@pytest.mark.parametrize("start_in_training", [True, False])
+def test_layerwise_leaves_modes_momenta_and_weights_as_they_were(start_in_training, train_batches):
+    model = trained_like(small_cnn).train(start_in_training)
+    momenta = [bn.momentum for bn in batch_norm_layers(model)]
+    params = [p.clone() for p in model.parameters()]
+    recalibrate(model, train_batches, order="layerwise")
+    assert all(m.training == start_in_training for m in model.modules())
+    assert [bn.momentum for bn in batch_norm_layers(model)] == momenta
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
+
+
+@pytest.mark.parametrize("bad", ["layer", None, 1])
+def test_unknown_order_is_rejected(bad, train_batches):
+    model = trained_like(mlp)
+    before = buffers(model)
+    with pytest.raises(ValueError, match=r"^order must be one of \('together', 'layerwise'\)"):
+        recalibrate(model, train_batches, order=bad)
+    assert_same(buffers(model), before)
