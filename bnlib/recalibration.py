@@ -36,6 +36,21 @@ __all__ = ["ORDERS", "recalibrate"]
 ORDERS = ("together", "layerwise")
 
 
+def _call_order(model: nn.Module, layers: list, batch: Any) -> list:
+    """``layers`` in the order one forward pass calls them (uncalled ones last)."""
+    calls: list = []
+    hooks = [bn.register_forward_pre_hook(lambda module, args: calls.append(module)) for bn in layers]
+    try:
+        model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len(set(map(id, calls))) < len(calls):
+        raise ValueError("order='layerwise' needs every BN layer called once per forward pass; "
+                         "this model calls one of them more than once")
+    return calls + [bn for bn in layers if all(bn is not c for c in calls)]
+
+
 def recalibrate(
     model: nn.Module,
     batches: Iterable[Any],
@@ -60,13 +75,15 @@ def recalibrate(
         Show a progress bar (tqdm) for long runs.
     order : {"together", "layerwise"}, default "together"
         ``"together"``: one pass, every BN layer in training mode, exactly
-        ``torch.optim.swa_utils.update_bn``. ``"layerwise"``: one pass per BN
-        layer, in the order of ``model.modules()``; while layer k's statistics
-        are gathered, the layers before it normalise with their new population
-        statistics (inference mode) and the layers after it with their current
-        running statistics (they do not affect layer k's inputs in a
-        feed-forward model). The batches are read once per layer, so a one-shot
-        iterator is first stored as a list.
+        ``torch.optim.swa_utils.update_bn`` (every module in training mode).
+        ``"layerwise"``: one pass per BN layer, in the order a forward pass calls
+        them (found with hooks on the first batch); while layer k's statistics are
+        gathered, every other module is in inference mode (dropout off), the BN
+        layers before it with their new population statistics and those after it
+        with reset ones, which do not affect layer k's inputs. Each BN layer must
+        be called once per forward pass. The batches are read once per layer
+        (plus once to find the order), so a one-shot iterator is first stored as
+        a list and a model with L BN layers costs about L times one pass.
 
     Returns
     -------
@@ -84,7 +101,8 @@ def recalibrate(
         If ``model`` is not a ``torch.nn.Module``.
     ValueError
         If ``num_batches`` is not a positive int, ``order`` is not one of the
-        two readings, or no batch was given. If a batch raises, the running
+        two readings, no batch was given, or (layerwise) a BN layer is called more
+        than once per forward pass. If a batch raises, the running
         statistics are restored before re-raising.
     """
     if not isinstance(model, nn.Module):
@@ -114,13 +132,19 @@ def recalibrate(
         bn.momentum = None                      # cumulative average: alpha_t = 1/t
     # Each pass: the layers in `gather` average their batch statistics (training mode),
     # every other BN layer normalises with its running statistics (inference mode).
-    passes = [layers] if order == "together" else [[bn] for bn in layers]
-    if len(passes) > 1:
+    if order == "layerwise":
         batches = list(batches)
     used = 0
     try:
-        model.train()
         with torch.no_grad():
+            if order == "together":
+                model.train()                               # as update_bn: dropout etc. train too
+                passes = [layers]
+            else:
+                model.eval()                                # every module as inference computes it
+                if not batches:
+                    raise ValueError("batches must contain at least one mini-batch")
+                passes = [[bn] for bn in _call_order(model, layers, batches[0])]
             for gather in passes:
                 for bn in layers:
                     bn.train(any(bn is g for g in gather))

@@ -8,6 +8,8 @@ at most num_batches batches, and leaving the model as it was if anything fails.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -244,3 +246,42 @@ def test_unknown_order_is_rejected(bad, train_batches):
     with pytest.raises(ValueError, match=r"^order must be one of \('together', 'layerwise'\)"):
         recalibrate(model, train_batches, order=bad)
     assert_same(buffers(model), before)
+
+
+class Reordered(nn.Module):
+    """The chapter's MLP with its two BN layers registered in the opposite order of their use."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        net = mlp(seed=seed)
+        self.lin_a, self.lin_b, self.head = net[0], net[3], net[6]
+        self.bn_b, self.bn_a = net[4], net[1]          # registered b first, called a first
+
+    def forward(self, x):
+        h = torch.relu(self.bn_a(self.lin_a(x)))
+        return self.head(torch.relu(self.bn_b(self.lin_b(h))))
+
+
+def test_layerwise_follows_the_order_the_layers_run_in(train_batches):
+    ours, ref = Reordered(), mlp(seed=0)
+    recalibrate(ours, train_batches, order="layerwise")
+    recalibrate(ref, train_batches, order="layerwise")
+    for a, b in [(ours.bn_a, ref[1]), (ours.bn_b, ref[4])]:
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_layerwise_gathers_with_dropout_in_inference_mode(train_batches):
+    """Inference turns dropout off: so do the layerwise passes (the reference: model.eval())."""
+    model = nn.Sequential(*list(mlp(seed=0))[:3], nn.Dropout(0.5), *list(mlp(seed=0))[3:])
+    recalibrate(model, train_batches, order="layerwise")
+    expected = layerwise_directly(copy.deepcopy(model), train_batches)
+    for bn, (mean, var) in zip(batch_norm_layers(model), expected):
+        assert np.allclose(bn.running_var.numpy(), var, rtol=1e-4, atol=1e-5)
+    assert all(m.training for m in model.modules())
+
+
+def test_layerwise_rejects_a_layer_called_twice(train_batches):
+    bn = nn.BatchNorm1d(64)
+    model = nn.Sequential(bn, nn.ReLU(), bn)
+    with pytest.raises(ValueError, match="called once per forward pass"):
+        recalibrate(model, train_batches, order="layerwise")
