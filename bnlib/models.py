@@ -6,11 +6,21 @@ Importing this module imports torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = ["mlp", "small_cnn", "batch_norm_layers"]
+
+
+def _check_widths(widths: Any, name: str) -> list[int]:
+    """``widths`` as a list of positive ints, or a ValueError naming the argument."""
+    ok = isinstance(widths, Sequence) and not isinstance(widths, str) and all(
+        isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)
+    if not ok:
+        raise ValueError(f"{name} must be a sequence of positive ints, e.g. (64, 64); got {widths!r}")
+    return list(widths)
 
 
 def mlp(
@@ -41,7 +51,13 @@ def mlp(
     -------
     nn.Sequential
         Maps inputs of shape (N, in_features) to logits of shape (N, num_classes).
+
+    Raises
+    ------
+    ValueError
+        If ``hidden`` is not a sequence of positive ints.
     """
+    hidden = _check_widths(hidden, "hidden")
     if seed is not None:
         torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -82,7 +98,13 @@ def small_cnn(
     -------
     nn.Sequential
         Maps (N, 64) or (N, 1, 8, 8) inputs to logits of shape (N, num_classes).
+
+    Raises
+    ------
+    ValueError
+        If ``channels`` is not a sequence of positive ints.
     """
+    channels = _check_widths(channels, "channels")
     if seed is not None:
         torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Unflatten(1, (1, 8, 8))]

@@ -36,3 +36,10 @@ def test_small_cnn_accepts_flat_and_image_inputs():
     model = small_cnn().eval()
     x = torch.randn(4, 64)
     assert torch.equal(model(x), model(x.reshape(4, 1, 8, 8)))
+
+
+@pytest.mark.parametrize("make, name", [(mlp, "hidden"), (small_cnn, "channels")])
+@pytest.mark.parametrize("bad", [3, (64, 0), (64, 2.5), "64", (True,)])
+def test_widths_that_are_not_positive_ints_raise_naming_the_argument(make, name, bad):
+    with pytest.raises(ValueError, match=name):
+        make(**{name: bad})
