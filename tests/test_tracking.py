@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import doctest
 
+import numpy as np
 import pytest
 import torch
 from torch.optim.swa_utils import update_bn
@@ -11,7 +13,17 @@ from torch.optim.swa_utils import update_bn
 import bnlib
 from bnlib.data import iterate_minibatches, load_digits_splits
 from bnlib.models import batch_norm_layers, mlp, small_cnn
-from bnlib.tracking import STATS, evaluate, train_and_track
+from bnlib.moving_average import debiased_ema, ema
+from bnlib.recalibration import recalibrate
+from bnlib.tracking import (
+    STALENESS,
+    STATS,
+    debiased_running_statistics,
+    disagreement,
+    evaluate,
+    staleness,
+    train_and_track,
+)
 
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
@@ -183,3 +195,246 @@ def test_harness_rejects_bad_arguments(kwargs, name):
     args = dict(steps=10) | kwargs
     with pytest.raises(ValueError, match=name):
         train_and_track(mlp(), DATA.train, DATA.val, **args)
+
+
+# --------------------------------------------------------------------------- debiased running statistics
+def batch_statistics_while_training(momentum, steps, seed=0):
+    """A model trained ``steps`` steps, and each BN layer's batch means and unbiased variances, shape (steps, C)."""
+    model = mlp(momentum=momentum, seed=seed)
+    recorded = {bn: ([], []) for bn in batch_norm_layers(model)}
+
+    def hook(bn, args):
+        x = args[0].detach().double()
+        recorded[bn][0].append(x.mean(0).numpy())
+        recorded[bn][1].append(x.var(0, unbiased=True).numpy())
+
+    handles = [bn.register_forward_pre_hook(hook) for bn in recorded]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in batches(DATA.train, 32, seed=seed)[:steps]:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for handle in handles:
+        handle.remove()
+    return model, {bn: (np.array(means), np.array(variances)) for bn, (means, variances) in recorded.items()}
+
+
+@pytest.mark.parametrize("steps", [1, 3, 20])
+def test_debiased_running_statistics_equal_debiased_ema_of_the_batch_statistics(steps):
+    model, recorded = batch_statistics_while_training(0.1, steps)
+    for bn, (means, variances) in recorded.items():
+        mean, var = debiased_running_statistics(bn)
+        assert mean.dtype == bn.running_mean.dtype and mean.shape == bn.running_mean.shape
+        np.testing.assert_allclose(mean.numpy(), debiased_ema(means, 0.1)[-1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var.numpy(), debiased_ema(variances, 0.1)[-1], rtol=1e-5)
+        # ... while the running statistics themselves are the EMA from PyTorch's initial values 0 and 1
+        np.testing.assert_allclose(bn.running_var.numpy(), ema(variances, 0.1, init=1.0)[-1], rtol=1e-5)
+
+
+def test_evaluate_with_debiased_ema_uses_the_debiased_statistics():
+    model, recorded = batch_statistics_while_training(0.1, 5)
+    direct = copy.deepcopy(model)
+    for bn, (means, variances) in zip(batch_norm_layers(direct), recorded.values()):
+        bn.running_mean.copy_(torch.from_numpy(debiased_ema(means, 0.1)[-1]))
+        bn.running_var.copy_(torch.from_numpy(debiased_ema(variances, 0.1)[-1]))
+    ours, reference = evaluate(model, DATA.val, "debiased_ema"), evaluate(direct, DATA.val, "ema")
+    assert ours.accuracy == reference.accuracy
+    assert ours.loss == pytest.approx(reference.loss, rel=1e-5)
+    assert ours != evaluate(model, DATA.val, "ema")        # after 5 steps the bias still matters
+
+
+def test_debiased_ema_is_ema_for_the_cumulative_average():
+    model = trained(momentum=None, steps=5)
+    debiased, ema_ = evaluate(model, DATA.val, "debiased_ema"), evaluate(model, DATA.val, "ema")
+    assert debiased == ema_ and np.array_equal(debiased.predictions, ema_.predictions)
+
+
+def test_debiased_ema_approaches_ema_after_many_steps():
+    model = trained(momentum=0.5, steps=30)                  # initial weight 0.5**30, below float32's resolution
+    for bn in batch_norm_layers(model):
+        mean, var = debiased_running_statistics(bn)
+        torch.testing.assert_close(mean, bn.running_mean, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(var, bn.running_var, rtol=1e-6, atol=1e-7)
+    assert evaluate(model, DATA.val, "debiased_ema").loss == pytest.approx(
+        evaluate(model, DATA.val, "ema").loss, rel=1e-5)
+
+
+def test_debiased_ema_before_any_step_is_a_value_error():
+    with pytest.raises(ValueError, match="num_batches_tracked is 0"):
+        evaluate(mlp(), DATA.val, "debiased_ema")
+
+
+@pytest.mark.parametrize("layer, match", [
+    (torch.nn.Linear(2, 2), "layer must be a BN layer"),
+    (torch.nn.BatchNorm1d(2, track_running_stats=False), "layer must be a BN layer"),
+])
+def test_debiased_running_statistics_rejects_layers_without_running_statistics(layer, match):
+    with pytest.raises(ValueError, match=match):
+        debiased_running_statistics(layer)
+
+
+def test_debiased_running_statistics_rejects_momentum_zero():
+    bn = torch.nn.BatchNorm1d(2, momentum=0.0)
+    bn(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="layer.momentum"):
+        debiased_running_statistics(bn)
+
+
+# --------------------------------------------------------------------------- predictions
+@pytest.mark.parametrize("stats", STATS)
+def test_predictions_are_the_argmax_in_the_order_of_the_batches(stats):
+    model = trained()
+    val = batches(DATA.val, 16, seed=5)
+    result = evaluate(model, val, stats, recalibration_batches=batches(DATA.train, 32, seed=1))
+    y = torch.cat([y for _, y in val]).numpy()
+    assert result.predictions.shape == (result.num_examples,) and result.predictions.dtype == np.int64
+    assert result.accuracy == np.mean(result.predictions == y)
+    if stats == "ema":
+        with torch.no_grad():
+            logits = copy.deepcopy(model).eval()(torch.cat([x for x, _ in val]))
+        assert np.array_equal(result.predictions, logits.argmax(1).numpy())
+
+
+def test_disagreement_counts_the_examples_predicted_differently():
+    model = trained()
+    ema_, batch = evaluate(model, batches(DATA.val, 4, seed=0), "ema"), evaluate(model, batches(DATA.val, 4, seed=0), "batch")
+    assert disagreement(ema_, ema_) == 0
+    assert disagreement(ema_, batch) == np.mean(ema_.predictions != batch.predictions) > 0
+    with pytest.raises(ValueError, match="same examples"):
+        disagreement(ema_, evaluate(model, batches(DATA.val, 4)[:3], "ema"))
+    with pytest.raises(ValueError, match="predictions"):
+        disagreement(ema_, bnlib.tracking.EvalResult(1.0, 0.0, 1))
+
+
+# --------------------------------------------------------------------------- staleness
+def test_staleness_is_zero_against_the_model_s_own_statistics():
+    model = trained()
+    population = copy.deepcopy(model)
+    recalibrate(population, batches(DATA.train, 32, seed=1))
+    assert all(v > 0 for k, v in staleness(model, population).items() if k != "log_var_ratio")
+    for bn, pop in zip(batch_norm_layers(model), batch_norm_layers(population)):
+        bn.running_mean.copy_(pop.running_mean)
+        bn.running_var.copy_(pop.running_var)
+    assert staleness(model, population) == {k: 0.0 for k in STALENESS}
+
+
+def test_staleness_measures_in_population_standard_deviations():
+    model = trained()
+    population = copy.deepcopy(model)
+    for bn in batch_norm_layers(model):
+        bn.running_mean.add_(0.5 * (bn.running_var + bn.eps).sqrt())    # half a standard deviation off
+        bn.running_var.mul_(np.e)                                       # e times too large
+    result = staleness(model, population)
+    assert result["mean_distance"] == pytest.approx(0.5, rel=1e-5)
+    assert result["log_var_ratio"] == pytest.approx(1.0, rel=1e-5) == result["abs_log_var_ratio"]
+
+
+def test_staleness_needs_the_same_layers():
+    with pytest.raises(ValueError, match="same BN layers"):
+        staleness(mlp(hidden=(64, 64)), mlp(hidden=(64,)))
+
+
+# --------------------------------------------------------------------------- tracking methods
+METHODS = ("ema", "debiased_ema", "population:4", "population", "batch")
+
+
+def test_methods_change_neither_the_training_nor_the_other_records():
+    plain, tracked = run(), run(methods=METHODS)
+    recorded = {k: v for k, v in comparable(plain).items() if v}        # what is recorded without methods
+    assert {k: comparable(tracked)[k] for k in recorded} == recorded
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(plain.states, tracked.states) for k in a)
+    assert plain.accuracy == {} and set(tracked.accuracy) == set(METHODS)
+
+
+def test_methods_are_recorded_at_every_checkpoint():
+    history = run(methods=METHODS)
+    for name in ("accuracy", "loss", "disagreement", "forward_examples", "method_seconds"):
+        assert list(getattr(history, name)) == list(METHODS)
+        assert all(len(v) == len(history.step) for v in getattr(history, name).values())
+    assert list(history.staleness) == list(STALENESS)
+    assert history.accuracy["ema"] == history.ema_accuracy
+    assert history.accuracy["population"] == history.population_accuracy
+
+
+def test_the_reference_does_not_disagree_with_itself():
+    history = run(methods=("ema", "population:4"), reference="population:4")
+    assert history.disagreement["population:4"] == [0.0] * len(history.step)
+    assert any(d > 0 for d in history.disagreement["ema"])
+
+
+def test_forward_pass_cost_is_the_recalibration_examples():
+    history = run(methods=METHODS)
+    epoch = len(DATA.train.y) // 32 * 32
+    expected = {"ema": 0, "debiased_ema": 0, "population:4": 4 * 32, "population": epoch, "batch": 0}
+    assert {k: set(v) for k, v in history.forward_examples.items()} == {k: {v} for k, v in expected.items()}
+
+
+def test_batch_method_uses_validation_batches_of_the_training_batch_size():
+    history = run(methods=("batch", "batch:8"), batch_size=16)
+    assert history.accuracy["batch:8"] == history.batch_accuracy[8]
+    assert history.accuracy["batch"] != history.batch_accuracy[8]
+
+
+def test_staleness_vanishes_when_the_running_statistics_are_the_population_ones():
+    """Weights frozen (multiplier 0), one batch = the whole training set, cumulative average:
+    every training batch has the population statistics, so the running ones are those."""
+    train = (DATA.train.X[:64], DATA.train.y[:64])
+    history = train_and_track(mlp(momentum=None), train, DATA.val, steps=6, eval_every=[1, 3, 6],
+                              batch_size=64, val_batch_sizes=(), methods=("ema",),
+                              lr_schedule=lambda step: 0.0)
+    for values in history.staleness.values():
+        assert values == pytest.approx([0.0] * 3, abs=1e-5)
+    assert history.movement[1:] == pytest.approx([0.0, 0.0], abs=1e-5)
+    assert history.movement[0] > 0.1                               # from the initial statistics 0 and 1
+    assert history.disagreement["ema"] == [0.0] * 3
+
+
+def test_movement_is_recorded_without_methods():
+    history = run()
+    assert len(history.movement) == len(history.step) and all(m > 0 for m in history.movement)
+
+
+# --------------------------------------------------------------------------- learning-rate schedule
+def weight_changes(history):
+    """Norm of the change of all weights between consecutive stored states."""
+    def flat(state):
+        return torch.cat([v.flatten() for k, v in state.items() if k.endswith("weight")])
+    return [float((flat(b) - flat(a)).norm()) for a, b in zip(history.states, history.states[1:])]
+
+
+def test_cosine_schedule_decays_to_nearly_zero():
+    steps = 40
+    history = run(steps=steps, eval_every=[1, 2, steps - 1, steps], lr_schedule="cosine")
+    expected = [0.05 * 0.5 * (1 + np.cos(np.pi * (s - 1) / steps)) for s in history.step]
+    assert history.learning_rate == pytest.approx(expected, rel=1e-12)
+    first, _, last = weight_changes(history)
+    assert last < 0.01 * first                                      # the weights stop moving
+    assert run(steps=steps, eval_every=[steps]).learning_rate == [0.05]
+
+
+def test_callable_schedule_multiplies_the_learning_rate():
+    frozen = run(lr_schedule=lambda step: 0.0)
+    assert all(all(torch.equal(s[k], frozen.states[0][k]) for k in s if k.endswith("weight"))
+               for s in frozen.states)
+    halved = run(lr_schedule=lambda step: 0.5, eval_every=[40])
+    assert halved.learning_rate == [0.025]
+
+
+# --------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(methods="ema"), "methods"), (dict(methods=()), "methods"), (dict(methods=("ema", "ema")), "methods"),
+    (dict(methods=("running",)), "methods"), (dict(methods=("population:0",)), "methods"),
+    (dict(methods=("batch:1",)), "methods"), (dict(methods=("ema:3",)), "methods"),
+    (dict(methods=("population:100",)), "methods.*one epoch"),
+    (dict(reference="ema"), "reference"), (dict(reference="population:x"), "reference"),
+    (dict(lr_schedule="linear"), "lr_schedule"), (dict(lr_schedule=lambda step: -1.0), "lr_schedule"),
+    (dict(lr_schedule=lambda step: float("nan")), "lr_schedule"),
+])
+def test_harness_rejects_bad_tracking_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        train_and_track(mlp(), DATA.train, DATA.val, steps=2, **kwargs)
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(bnlib.tracking)
+    assert results.attempted >= 3 and results.failed == 0
