@@ -120,6 +120,14 @@ def debiased_running_statistics(layer: nn.Module) -> tuple[torch.Tensor, torch.T
     With ``momentum=None`` (the cumulative average, which keeps nothing of the
     initial value) the running statistics are returned unchanged.
 
+    The formula holds only for buffers built by one uninterrupted moving average
+    with the layer's current momentum from PyTorch's starting values: not after
+    :func:`~bnlib.recalibration.recalibrate` or ``update_bn`` (which leave
+    ``num_batches_tracked`` counting the recalibration batches), after loading
+    other statistics, or after a change of momentum. Where that shows (a
+    negative or non-finite debiased variance) it raises; a change that leaves
+    the variance positive cannot be detected.
+
     Parameters
     ----------
     layer : torch.nn.BatchNorm1d, BatchNorm2d or BatchNorm3d
@@ -136,8 +144,10 @@ def debiased_running_statistics(layer: nn.Module) -> tuple[torch.Tensor, torch.T
     ------
     ValueError
         If ``layer`` is not a BN layer with running statistics, if its momentum
-        is 0 (the average never gathers weight), or if its
-        ``num_batches_tracked`` is 0 (no training step yet, nothing to debias).
+        is 0 (the average never gathers weight), if its
+        ``num_batches_tracked`` is 0 (no training step yet, nothing to debias),
+        or if a debiased variance is negative or not finite (the buffers are not
+        one moving average from the starting values, see above).
 
     Examples
     --------
@@ -160,6 +170,12 @@ def debiased_running_statistics(layer: nn.Module) -> tuple[torch.Tensor, torch.T
         initial_weight = (1.0 - layer.momentum) ** t
         mean = mean / (1.0 - initial_weight)
         var = (var - initial_weight) / (1.0 - initial_weight)
+        if not torch.isfinite(var).all() or (var < 0).any():
+            raise ValueError(
+                "the debiased running variance of layer is negative or not finite: its running "
+                "statistics are not one uninterrupted moving average with momentum "
+                f"{layer.momentum} from PyTorch's starting values 0 and 1 (e.g. they were "
+                "recalibrated, loaded, or the momentum changed)")
     return mean.to(layer.running_mean.dtype), var.to(layer.running_var.dtype)
 
 

@@ -438,3 +438,13 @@ def test_harness_rejects_bad_tracking_arguments(kwargs, name):
 def test_docstring_examples_run():
     results = doctest.testmod(bnlib.tracking)
     assert results.attempted >= 3 and results.failed == 0
+
+
+def test_debiasing_recalibrated_statistics_raises_instead_of_returning_nan():
+    # recalibrate leaves momentum 0.1 and num_batches_tracked = number of batches: not one EMA from 0 and 1
+    data = load_digits_splits()
+    model = mlp(seed=0)
+    batches = [torch.from_numpy(x) for x, _ in iterate_minibatches(*data.train, 32, seed=0)][:2]
+    recalibrate(model, batches)
+    with pytest.raises(ValueError, match="not one uninterrupted moving average"):
+        evaluate(model, data.val, "debiased_ema")
