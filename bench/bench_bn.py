@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_bn.py [--repeat N] [--threads T ...] [--output FILE]
 
-Prints one markdown table of timings and ratios bnlib / torch, float32 on CPU:
+Prints a markdown table of timings and ratios bnlib / torch, float32 on CPU:
 
 * ``bnlib.batch_norm_forward`` / ``batch_norm_backward`` against
   ``torch.nn.functional.batch_norm`` in training mode (forward with autograd
@@ -10,6 +10,13 @@ Prints one markdown table of timings and ratios bnlib / torch, float32 on CPU:
   shapes (256, 64), (4096, 1024) and (64, 64, 32, 32);
 * ``bnlib.recalibrate`` against ``torch.optim.swa_utils.update_bn`` on the
   same model and batches.
+
+and a second table of what folding saves (chapter 3): inference through the
+MLP and the small CNN of ``bnlib.models`` (statistics recalibrated on random
+batches), in eval mode with their BatchNorm layers against the same models
+with each BatchNorm folded into the layer before it by
+``bnlib.fold_batch_norm``, for one input and for a batch of 256, with each
+thread count of ``--threads``.
 
 torch is timed with each thread count of ``--threads`` (default: 1 and
 torch's own default here): one thread is the like-for-like comparison with
@@ -35,15 +42,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import bnlib
-from bnlib.models import small_cnn
+from bnlib.models import mlp, small_cnn
 
 SHAPES = [(256, 64), (4096, 1024), (64, 64, 32, 32)]
 Call = Callable[[], object]
@@ -126,6 +135,42 @@ def recalibration_case() -> tuple[str, Call, Call]:
             lambda: bnlib.recalibrate(model, batches), lambda: update_bn(batches, model))
 
 
+def fold_sequential(model: nn.Sequential) -> nn.Sequential:
+    """``model`` in eval mode with every (Linear or Conv, BatchNorm) pair folded into one layer."""
+    layers: list[nn.Module] = []
+    for layer in model:
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layers[-1] = bnlib.fold_batch_norm(layers[-1], layer)
+        else:
+            layers.append(layer)
+    return nn.Sequential(*layers).eval()
+
+
+def inference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One forward pass without autograd, as a deployed model runs."""
+    with torch.no_grad():
+        return model(x)
+
+
+def folding_cases() -> list[tuple[str, Call, Call]]:
+    """Eval-mode models with BatchNorm and folded, on 1 and 256 inputs, checked to agree."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(64, 64, generator=generator) for _ in range(32)]
+    x = torch.randn(256, 64, generator=generator)
+    cases = []
+    for name, model in [("MLP", mlp(seed=0)), ("small CNN", small_cnn(seed=0))]:
+        bnlib.recalibrate(model, batches)
+        model.eval()
+        folded = fold_sequential(model)
+        expected = inference(model, x)
+        if (inference(folded, x) - expected).abs().max() > 1e-5 * expected.abs().max():
+            raise AssertionError(f"the folded {name} does not compute what the {name} computes")
+        for n in (1, 256):
+            cases.append((f"{name}, {n} image{'s' * (n > 1)}",
+                          partial(inference, model, x[:n]), partial(inference, folded, x[:n])))
+    return cases
+
+
 Row = tuple[str, int, float, float]
 
 
@@ -150,6 +195,18 @@ def measure(thread_counts: list[int], repeat: int) -> list[Row]:
     return [rows[name, threads] for name in [*cases, recal_name] for threads in thread_counts]
 
 
+def measure_folding(thread_counts: list[int], repeat: int) -> list[Row]:
+    """(model and inputs, torch threads, median with BatchNorm, median folded) for every case."""
+    cases = folding_cases()
+    rows: dict[tuple[str, int], Row] = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for name, with_bn, folded in cases:
+            bn_times, folded_times = seconds([with_bn, folded], repeat)
+            rows[name, threads] = (name, threads, statistics.median(bn_times), statistics.median(folded_times))
+    return [rows[name, threads] for name, _, _ in cases for threads in thread_counts]
+
+
 def markdown_table(rows: list[Row]) -> str:
     lines = [
         f"bnlib {bnlib.__version__} (NumPy {np.__version__}) against torch {torch.__version__}, "
@@ -162,6 +219,20 @@ def markdown_table(rows: list[Row]) -> str:
     ]
     for name, threads, ours, theirs in rows:
         lines.append(f"| {name} | {threads} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | {ours / theirs:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def folding_table(rows: list[Row]) -> str:
+    lines = [
+        "Inference (eval mode, no autograd, float32) through the models of `bnlib.models`, with their "
+        "BatchNorm layers and folded into the layers before them (`bnlib.fold_batch_norm`); "
+        "medians of blocks of calls.",
+        "",
+        "| model, inputs | torch threads | with BN (µs) | folded (µs) | with BN / folded |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, threads, with_bn, folded in rows:
+        lines.append(f"| {name} | {threads} | {with_bn * 1e6:.0f} | {folded * 1e6:.0f} | {with_bn / folded:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,7 +251,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", type=Path, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    emit(markdown_table(measure(args.threads, args.repeat)), args.output)
+    tables = [markdown_table(measure(args.threads, args.repeat)),
+              folding_table(measure_folding(args.threads, args.repeat))]
+    emit("\n".join(tables), args.output)
     return 0
 
 
