@@ -55,8 +55,8 @@ def glue_measurement(name: str, value: float, fmt: str, *, abs: float | None = N
     abs, rel : float, optional
         Tolerance of a re-execution on another CPU: the fresh value ``v`` may
         differ from the stored one ``s`` by ``abs + rel * |s|``. Choose it from
-        the spread across seeds, not from the last printed digit. At least one
-        is required.
+        how far the value can move on another CPU (in chaotic runs, as far as
+        across seeds), not from the last printed digit. At least one is required.
 
     Raises
     ------
