@@ -207,33 +207,29 @@ def measure_folding(thread_counts: list[int], repeat: int) -> list[Row]:
     return [rows[name, threads] for name, _, _ in cases for threads in thread_counts]
 
 
+def _table(caption: str, columns: str, rows: list[Row], scale: float, digits: int) -> str:
+    """A markdown table: a caption, then one line per (name, threads, a, b) row with a, b and a / b."""
+    lines = [caption, "", f"| {columns} |", "|---|---:|---:|---:|---:|"]
+    for name, threads, a, b in rows:
+        lines.append(f"| {name} | {threads} | {a * scale:.{digits}f} | {b * scale:.{digits}f} | {a / b:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: list[Row]) -> str:
-    lines = [
+    caption = (
         f"bnlib {bnlib.__version__} (NumPy {np.__version__}) against torch {torch.__version__}, "
         f"float32, CPU: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         "medians of blocks of calls (bnlib's NumPy functions timed next to torch on "
-        f"{rows[0][1]} thread{'s' * (rows[0][1] > 1)}).",
-        "",
-        "| operation | torch threads | bnlib (ms) | torch (ms) | bnlib / torch |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, threads, ours, theirs in rows:
-        lines.append(f"| {name} | {threads} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | {ours / theirs:.2f}× |")
-    return "\n".join(lines) + "\n"
+        f"{rows[0][1]} thread{'s' * (rows[0][1] > 1)}).")
+    return _table(caption, "operation | torch threads | bnlib (ms) | torch (ms) | bnlib / torch", rows, 1e3, 2)
 
 
 def folding_table(rows: list[Row]) -> str:
-    lines = [
-        "Inference (eval mode, no autograd, float32) through the models of `bnlib.models`, with their "
-        "BatchNorm layers and folded into the layers before them (`bnlib.fold_batch_norm`); "
-        "medians of blocks of calls.",
-        "",
-        "| model, inputs | torch threads | with BN (µs) | folded (µs) | with BN / folded |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, threads, with_bn, folded in rows:
-        lines.append(f"| {name} | {threads} | {with_bn * 1e6:.0f} | {folded * 1e6:.0f} | {with_bn / folded:.2f}× |")
-    return "\n".join(lines) + "\n"
+    caption = ("Inference (eval mode, no autograd, float32) through the models of `bnlib.models`, with their "
+               "BatchNorm layers and folded into the layers before them (`bnlib.fold_batch_norm`); "
+               "medians of blocks of calls.")
+    return _table(caption, "model, inputs | torch threads | with BN (µs) | folded (µs) | with BN / folded",
+                  rows, 1e6, 0)
 
 
 def emit(table: str, output: Path | None) -> None:
