@@ -151,7 +151,7 @@ def run_grid(
           ``lr_schedule`` ("constant", "cosine" or the callable's name),
           ``momentum``, ``batch_size``, ``steps``, ``seed``;
         - ``step``, ``learning_rate`` (of that step), ``train_loss`` (mean
-          since the previous checkpoint), ``movement``, and the keys of
+          since the previous checkpoint), ``movement``, ``window_movement``, and the keys of
           ``STALENESS`` (the same in every method's row of a checkpoint);
         - ``method``, ``accuracy``, ``loss``, ``disagreement`` (with the
           reference's predictions), ``forward_examples``, ``seconds``.
@@ -201,7 +201,8 @@ def run_grid(
                "momentum": s.momentum, "batch_size": s.batch_size, "steps": s.steps, "seed": int(seed)}
         for c, step in enumerate(h.step):
             checkpoint = {"step": step, "learning_rate": h.learning_rate[c], "train_loss": h.train_loss[c],
-                          "movement": h.movement[c], **{k: h.staleness[k][c] for k in STALENESS}}
+                          "movement": h.movement[c],
+                          "window_movement": h.window_movement[c], **{k: h.staleness[k][c] for k in STALENESS}}
             rows += [run | checkpoint | {
                 "method": method, "accuracy": h.accuracy[method][c], "loss": h.loss[method][c],
                 "disagreement": h.disagreement[method][c],

@@ -402,7 +402,11 @@ class History:
     taken, and ``movement``, how far the running means moved since the previous
     checkpoint (since the start of training for the first one),
     abs(r_mu(now) - r_mu(before)) / sqrt(r_var(now) + eps) averaged over the
-    channels of each BN layer and then over the layers.
+    channels of each BN layer and then over the layers; and
+    ``window_movement``, the same over the last effective window of each
+    layer, round(1/alpha) steps (since the start of training if the
+    checkpoint comes earlier; NaN for a layer with ``momentum=None``, whose
+    window is the whole run).
 
     Recorded only for ``methods``, in dicts keyed by each method's name:
     ``accuracy``, ``loss``; ``disagreement``, the fraction of validation
@@ -429,6 +433,7 @@ class History:
     states: list[dict[str, torch.Tensor]] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
     movement: list[float] = field(default_factory=list)
+    window_movement: list[float] = field(default_factory=list)
     accuracy: dict[str, list[float]] = field(default_factory=dict)
     loss: dict[str, list[float]] = field(default_factory=dict)
     disagreement: dict[str, list[float]] = field(default_factory=dict)
@@ -705,6 +710,9 @@ def train_and_track(
                       batch_loss={b: [] for b in val_batch_sizes})
     layers = _with_running_statistics(model)
     previous_means = [bn.running_mean.clone() for bn in layers]
+    windows = [None if bn.momentum is None else max(1, round(1 / bn.momentum)) for bn in layers]
+    window_starts = {(k, max(c - w, 0)) for k, w in enumerate(windows) if w for c in checkpoints}
+    window_means = {(k, 0): bn.running_mean.clone() for k, bn in enumerate(layers) if (k, 0) in window_starts}
 
     shuffle_rng = np.random.default_rng([seed, 0])        # one shuffle per training epoch
     recalibration_rng = np.random.default_rng([seed, 1])  # one shuffle per checkpoint
@@ -726,6 +734,9 @@ def train_and_track(
         history.train_loss.append(float(np.mean(losses)))
         history.learning_rate.append(optimizer.param_groups[0]["lr"])
         history.movement.append(_movement(layers, previous_means))
+        per_layer = [_movement([bn], [window_means[k, max(step - w, 0)]]) if w else math.nan
+                     for k, (bn, w) in enumerate(zip(layers, windows))]
+        history.window_movement.append(float(np.mean(per_layer)) if per_layer else math.nan)
         previous_means[:] = [bn.running_mean.clone() for bn in layers]
         shuffle = int(recalibration_rng.integers(2**32))
         measured = {key: _measure(model, *key, (Xval, yval), val_batches, lambda: training_batches(shuffle),
@@ -753,6 +764,9 @@ def train_and_track(
                 optimizer.step()
                 step += 1
                 losses.append(loss.item())
+                for k, bn in enumerate(layers):
+                    if (k, step) in window_starts:
+                        window_means[k, step] = bn.running_mean.clone()
                 if bar is not None:
                     bar.update(1)
                 if step in checkpoints:

@@ -392,6 +392,36 @@ def test_staleness_vanishes_when_the_running_statistics_are_the_population_ones(
 def test_movement_is_recorded_without_methods():
     history = run()
     assert len(history.movement) == len(history.step) and all(m > 0 for m in history.movement)
+    assert len(history.window_movement) == len(history.step)
+
+
+def test_window_movement_spans_one_effective_window():
+    """alpha = 0.5: a window of 2 steps; checkpoints 2 steps apart make it the movement since the
+    previous checkpoint. alpha = 0.01: a window of 100 steps, longer than the run, so the window
+    starts at step 0 and the movement is measured from the starting values."""
+    short = train_and_track(mlp(momentum=0.5), DATA.train, DATA.val, steps=6, eval_every=[2, 4, 6],
+                            val_batch_sizes=())
+    assert short.window_movement == pytest.approx(short.movement, rel=1e-12)
+    long = train_and_track(mlp(momentum=0.01), DATA.train, DATA.val, steps=6, eval_every=[3, 6],
+                           val_batch_sizes=())
+    assert long.window_movement[0] == pytest.approx(long.movement[0], rel=1e-12)
+    assert long.window_movement[1] > long.movement[1] > 0          # since step 0, not since step 3
+
+
+def test_window_movement_is_nan_for_the_cumulative_average():
+    history = train_and_track(mlp(momentum=None), DATA.train, DATA.val, steps=4, eval_every=2,
+                              val_batch_sizes=())
+    assert np.isnan(history.window_movement).all() and not np.isnan(history.movement).any()
+
+
+def test_window_movement_is_measured_at_the_right_step():
+    """A window of 10 steps ending at step 25 starts at step 15: the same run with a checkpoint at
+    step 15 gives the running means there, and so the movement between the two checkpoints."""
+    ends = train_and_track(mlp(momentum=0.1), DATA.train, DATA.val, steps=25, eval_every=[25],
+                           val_batch_sizes=())
+    both = train_and_track(mlp(momentum=0.1), DATA.train, DATA.val, steps=25, eval_every=[15, 25],
+                           val_batch_sizes=())
+    assert ends.window_movement[0] == pytest.approx(both.movement[1], rel=1e-9)
 
 
 # --------------------------------------------------------------------------- learning-rate schedule
