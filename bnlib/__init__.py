@@ -14,9 +14,13 @@ from .moving_average import (
     decay_to_momentum,
     effective_window,
     ema,
+    ema_error,
+    ema_lag,
+    ema_noise_sd,
     ema_weights,
     half_life,
     momentum_to_decay,
+    startup_bias,
 )
 from .nn import Linear, ReLU, Sequential, sgd_step, softmax_cross_entropy
 from .population import ESTIMATORS, population_statistics
@@ -62,6 +66,9 @@ __all__ = [
     "decay_to_momentum",
     "effective_window",
     "ema",
+    "ema_error",
+    "ema_lag",
+    "ema_noise_sd",
     "ema_weights",
     "evaluate",
     "fold_batch_norm",
@@ -76,6 +83,7 @@ __all__ = [
     "run_grid",
     "sgd_step",
     "softmax_cross_entropy",
+    "startup_bias",
     "train_and_track",
     "two_pass_stats",
     "welford",

@@ -39,6 +39,10 @@ __all__ = [
     "half_life",
     "decay_to_momentum",
     "momentum_to_decay",
+    "ema_lag",
+    "ema_noise_sd",
+    "startup_bias",
+    "ema_error",
 ]
 
 
@@ -374,3 +378,165 @@ def momentum_to_decay(momentum: float) -> float:
     0.9
     """
     return 1.0 - _check_unit_interval(momentum, "momentum")
+
+
+# --------------------------------------------------------------------------- errors of a running mean
+def _check_steps(steps: Any) -> float:
+    """``steps`` as a float: a non-negative int, or None for the steady state (infinity)."""
+    if steps is None:
+        return math.inf
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int or None (the steady state); got {steps!r}")
+    return float(steps)
+
+
+def _check_real(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float (positive if asked), or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number; got {value!r}")
+    return float(value)
+
+
+def ema_lag(alpha: float, drift: float, steps: int | None = None) -> float:
+    """How far the running mean trails a population mean that moves by ``drift`` per step (eq-misleads-lag).
+
+    With the batch means on the target mu_t = mu_0 + drift t and the running mean
+    started on it, the error e_t = mu_t - r_t obeys e_t = (1 - alpha)(e_{t-1} + drift),
+    so e_t = drift (1 - alpha)(1 - (1 - alpha)^t) / alpha, which tends to
+    drift (1 - alpha) / alpha: the population mean of about 1/alpha steps ago.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1]
+        Weight of the new batch (PyTorch's ``momentum``).
+    drift : float
+        Change of the population mean per step, in any unit (the book uses
+        population standard deviations); its sign is kept.
+    steps : int >= 0 or None, default None
+        Steps since the running mean was on target; None for the steady state.
+
+    Returns
+    -------
+    float
+        The lag, in the unit of ``drift``.
+
+    Examples
+    --------
+    >>> round(ema_lag(0.1, 0.02), 12)
+    0.18
+    """
+    alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
+    drift, t = _check_real(drift, "drift"), _check_steps(steps)
+    return drift * (1.0 - alpha) * (1.0 - (1.0 - alpha) ** t) / alpha
+
+
+def ema_noise_sd(alpha: float, batch_size: int, steps: int | None = None) -> float:
+    """Standard deviation of the running mean from batch noise alone (eq-misleads-noise).
+
+    Weights frozen, independent batches of ``batch_size`` independent values of
+    variance 1: the running mean is a weighted sum of batch means with weights
+    alpha (1 - alpha)^k, k < t, so its variance is
+    alpha (1 - (1 - alpha)^(2t)) / ((2 - alpha) m), which tends to
+    alpha / ((2 - alpha) m), as noisy as the mean of (2 - alpha) / alpha batches.
+    (The variance of the starting value is not counted: it is a constant.) In a
+    convolutional layer the m H W values of a channel are not independent; with
+    m H W for ``batch_size`` this is a lower bound.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1]
+        Weight of the new batch (PyTorch's ``momentum``).
+    batch_size : int >= 1
+        Number m of independent values per batch and channel.
+    steps : int >= 0 or None, default None
+        Updates so far; None for the steady state.
+
+    Returns
+    -------
+    float
+        The standard deviation, in population standard deviations.
+
+    Examples
+    --------
+    >>> round(ema_noise_sd(0.1, 32), 4)
+    0.0406
+    """
+    alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    t = _check_steps(steps)
+    return math.sqrt(alpha * (1.0 - (1.0 - alpha) ** (2.0 * t)) / ((2.0 - alpha) * batch_size))
+
+
+def startup_bias(alpha: float, steps: int, start_distance: float) -> float:
+    """What is left of the starting value's error after ``steps`` updates: (1 - alpha)^t d_0.
+
+    PyTorch starts the running mean at 0 and the running variance at 1; a
+    population mean ``start_distance`` away from the starting value still
+    leaves the weight (1 - alpha)^t on it after t updates.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1]
+        Weight of the new batch (PyTorch's ``momentum``).
+    steps : int >= 0
+        Updates so far.
+    start_distance : float
+        Population value minus starting value, in any unit; its sign is kept.
+
+    Returns
+    -------
+    float
+        The remaining error, in the unit of ``start_distance``.
+
+    Examples
+    --------
+    >>> round(startup_bias(0.01, 100, 1.0), 3)
+    0.366
+    """
+    alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
+    t = _check_steps(steps)
+    if t == math.inf:
+        raise ValueError("steps must be a non-negative int; got None")
+    return (1.0 - alpha) ** t * _check_real(start_distance, "start_distance")
+
+
+def ema_error(alpha: float, batch_size: int, drift: float = 0.0, steps: int | None = None,
+              start_distance: float = 0.0) -> float:
+    """Root-mean-square distance of the running mean from the population mean: bias, lag and noise.
+
+    The expected error is the start-up bias plus the lag,
+    (1 - alpha)^t d_0 + :func:`ema_lag`; the batch noise adds the variance
+    :func:`ema_noise_sd` squared; the result is
+    sqrt((bias + lag)^2 + noise^2). With drift and start distance in population
+    standard deviations, it is in population standard deviations, like
+    :func:`bnlib.tracking.staleness`'s ``"mean_distance"``.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1]
+        Weight of the new batch (PyTorch's ``momentum``).
+    batch_size : int >= 1
+        Number m of independent values per batch and channel.
+    drift : float, default 0.0
+        Change of the population mean per step.
+    steps : int >= 0 or None, default None
+        Updates so far; None for the steady state (no start-up bias left).
+    start_distance : float, default 0.0
+        Population mean minus starting value at step 0.
+
+    Returns
+    -------
+    float
+        The root-mean-square error.
+
+    Examples
+    --------
+    >>> round(ema_error(0.1, 32, drift=0.005), 4)
+    0.0606
+    """
+    start_distance = _check_real(start_distance, "start_distance")
+    bias = 0.0 if steps is None else startup_bias(alpha, steps, start_distance)
+    mean_error = bias + ema_lag(alpha, drift, steps)
+    return math.sqrt(mean_error ** 2 + ema_noise_sd(alpha, batch_size, steps) ** 2)

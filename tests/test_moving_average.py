@@ -185,3 +185,55 @@ def test_the_ema_api_is_exported_eagerly_and_needs_no_torch():
 def test_invalid_arguments_raise_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- errors of a running mean
+from bnlib.moving_average import ema_error, ema_lag, ema_noise_sd, startup_bias  # noqa: E402
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [0, 1, 7, 300])
+def test_lag_and_startup_bias_equal_the_recursion(alpha, steps):
+    """A population mean 0.3 above the starting value 0, drifting by 0.02 per step: the recursion's
+    error at step t is the start-up bias plus the lag, exactly."""
+    target = 0.3 + 0.02 * np.arange(1, steps + 1)
+    running = ema(target, alpha, init=0.0)[-1] if steps else 0.0
+    error = (0.3 + 0.02 * steps) - running
+    assert error == pytest.approx(startup_bias(alpha, steps, 0.3) + ema_lag(alpha, 0.02, steps), abs=1e-12)
+    assert ema_error(alpha, 10**14, 0.02, steps, 0.3) == pytest.approx(abs(error), abs=1e-6)   # no noise
+
+
+def test_steady_state_lag_and_noise():
+    assert ema_lag(0.1, 0.02) == pytest.approx(0.02 * 0.9 / 0.1)
+    assert ema_lag(0.1, -0.02, 10**6) == pytest.approx(-0.18)
+    assert ema_noise_sd(0.1, 32) ** 2 == pytest.approx(0.1 / (1.9 * 32))
+    assert ema_noise_sd(1.0, 8, 5) ** 2 == pytest.approx(1 / 8)       # alpha = 1: the last batch
+    assert ema_noise_sd(0.1, 32, 0) == 0.0
+    assert ema_error(0.1, 32) == pytest.approx(ema_noise_sd(0.1, 32))
+
+
+@pytest.mark.parametrize("alpha, steps", [(0.1, 5), (0.1, None), (0.5, 40)])
+def test_noise_sd_matches_simulated_running_means(alpha, steps):
+    """20 000 running means of batch means of 16 standard normal values, weights frozen."""
+    rng = np.random.default_rng(0)
+    t = steps or 400
+    batch_means = rng.normal(0.0, np.sqrt(1 / 16), size=(t, 20_000))
+    measured = ema(batch_means, alpha, init=0.0)[-1].std(ddof=1)
+    assert measured == pytest.approx(ema_noise_sd(alpha, 16, steps), rel=0.03)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: ema_lag(0.0, 0.1), "alpha"),
+    (lambda: ema_lag(0.1, float("nan")), "drift"),
+    (lambda: ema_lag(0.1, 0.1, steps=-1), "steps"),
+    (lambda: ema_lag(0.1, 0.1, steps=2.5), "steps"),
+    (lambda: ema_noise_sd(0.1, 0), "batch_size"),
+    (lambda: ema_noise_sd(0.1, 3.0), "batch_size"),
+    (lambda: startup_bias(0.1, None, 1.0), "steps"),
+    (lambda: startup_bias(0.1, 3, "1"), "start_distance"),
+    (lambda: ema_error(0.1, 32, start_distance=float("inf")), "start_distance"),
+    (lambda: ema_error(1.5, 32), "alpha"),
+])
+def test_errors_of_a_running_mean_reject_bad_arguments(call, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        call()
