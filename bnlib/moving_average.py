@@ -392,19 +392,28 @@ def _check_steps(steps: Any) -> float:
 
 def _check_real(value: Any, name: str, *, positive: bool = False) -> float:
     """``value`` as a finite float (positive if asked), or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or (positive and not value > 0):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a finite{' positive' if positive else ''} number; got {value!r}")
+    if not math.isfinite(value) or (positive and not value > 0):
         raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number; got {value!r}")
     return float(value)
 
 
-def ema_lag(alpha: float, drift: float, steps: int | None = None) -> float:
+def ema_lag(alpha: float, drift: float, steps: int | None = None, after_update: bool = False) -> float:
     """How far the running mean trails a population mean that moves by ``drift`` per step (eq-misleads-lag).
 
     With the batch means on the target mu_t = mu_0 + drift t and the running mean
     started on it, the error e_t = mu_t - r_t obeys e_t = (1 - alpha)(e_{t-1} + drift),
     so e_t = drift (1 - alpha)(1 - (1 - alpha)^t) / alpha, which tends to
-    drift (1 - alpha) / alpha: the population mean of about 1/alpha steps ago.
+    drift (1 - alpha) / alpha: the running mean reports the population mean of
+    (1 - alpha)/alpha steps ago.
+
+    In training, the batch of step t passes through the weights *before* that
+    step's update, and a checkpoint (or :func:`bnlib.tracking.staleness`)
+    compares the running mean with the network *after* it: then
+    e_t = drift + (1 - alpha) e_{t-1}, so e_t = drift (1 - (1 - alpha)^t) / alpha,
+    one step's drift more per window, drift / alpha in the steady state
+    (``after_update=True``).
 
     Parameters
     ----------
@@ -415,6 +424,9 @@ def ema_lag(alpha: float, drift: float, steps: int | None = None) -> float:
         population standard deviations); its sign is kept.
     steps : int >= 0 or None, default None
         Steps since the running mean was on target; None for the steady state.
+    after_update : bool, default False
+        Measure the lag against the network after the last update (as at a
+        checkpoint), not against the one the last batch passed through.
 
     Returns
     -------
@@ -423,12 +435,14 @@ def ema_lag(alpha: float, drift: float, steps: int | None = None) -> float:
 
     Examples
     --------
-    >>> round(ema_lag(0.1, 0.02), 12)
-    0.18
+    >>> round(ema_lag(0.1, 0.02), 12), round(ema_lag(0.1, 0.02, after_update=True), 12)
+    (0.18, 0.2)
     """
     alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
     drift, t = _check_real(drift, "drift"), _check_steps(steps)
-    return drift * (1.0 - alpha) * (1.0 - (1.0 - alpha) ** t) / alpha
+    if not isinstance(after_update, bool):
+        raise TypeError(f"after_update must be a bool; got {after_update!r}")
+    return drift * (1.0 if after_update else 1.0 - alpha) * (1.0 - (1.0 - alpha) ** t) / alpha
 
 
 def ema_noise_sd(alpha: float, batch_size: int, steps: int | None = None) -> float:
@@ -441,7 +455,10 @@ def ema_noise_sd(alpha: float, batch_size: int, steps: int | None = None) -> flo
     alpha / ((2 - alpha) m), as noisy as the mean of (2 - alpha) / alpha batches.
     (The variance of the starting value is not counted: it is a constant.) In a
     convolutional layer the m H W values of a channel are not independent; with
-    m H W for ``batch_size`` this is a lower bound.
+    m H W for ``batch_size`` this is a lower bound when they are positively
+    correlated and the batches independent. Batches drawn without replacement
+    from a small training set (an epoch of a few batches) are less noisy than
+    this.
 
     Parameters
     ----------
@@ -503,15 +520,17 @@ def startup_bias(alpha: float, steps: int, start_distance: float) -> float:
 
 
 def ema_error(alpha: float, batch_size: int, drift: float = 0.0, steps: int | None = None,
-              start_distance: float = 0.0) -> float:
+              start_distance: float = 0.0, after_update: bool = False) -> float:
     """Root-mean-square distance of the running mean from the population mean: bias, lag and noise.
 
     The expected error is the start-up bias plus the lag,
     (1 - alpha)^t d_0 + :func:`ema_lag`; the batch noise adds the variance
     :func:`ema_noise_sd` squared; the result is
     sqrt((bias + lag)^2 + noise^2). With drift and start distance in population
-    standard deviations, it is in population standard deviations, like
-    :func:`bnlib.tracking.staleness`'s ``"mean_distance"``.
+    standard deviations, it is in population standard deviations, the unit of
+    :func:`bnlib.tracking.staleness`'s ``"mean_distance"`` (which is a mean
+    absolute distance, not a root-mean-square: for pure Gaussian noise about
+    0.8 of it).
 
     Parameters
     ----------
@@ -525,6 +544,8 @@ def ema_error(alpha: float, batch_size: int, drift: float = 0.0, steps: int | No
         Updates so far; None for the steady state (no start-up bias left).
     start_distance : float, default 0.0
         Population mean minus starting value at step 0.
+    after_update : bool, default False
+        As in :func:`ema_lag`.
 
     Returns
     -------
@@ -538,5 +559,5 @@ def ema_error(alpha: float, batch_size: int, drift: float = 0.0, steps: int | No
     """
     start_distance = _check_real(start_distance, "start_distance")
     bias = 0.0 if steps is None else startup_bias(alpha, steps, start_distance)
-    mean_error = bias + ema_lag(alpha, drift, steps)
-    return math.sqrt(mean_error ** 2 + ema_noise_sd(alpha, batch_size, steps) ** 2)
+    mean_error = bias + ema_lag(alpha, drift, steps, after_update)
+    return math.hypot(mean_error, ema_noise_sd(alpha, batch_size, steps))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -405,8 +406,8 @@ class History:
     channels of each BN layer and then over the layers; and
     ``window_movement``, the same over the last effective window of each
     layer, round(1/alpha) steps (since the start of training if the
-    checkpoint comes earlier; NaN for a layer with ``momentum=None``, whose
-    window is the whole run).
+    checkpoint comes earlier), averaged over the layers; NaN if a layer has
+    ``momentum=None`` (whose window is the whole run) or 0.
 
     Recorded only for ``methods``, in dicts keyed by each method's name:
     ``accuracy``, ``loss``; ``disagreement``, the fraction of validation
@@ -710,9 +711,9 @@ def train_and_track(
                       batch_loss={b: [] for b in val_batch_sizes})
     layers = _with_running_statistics(model)
     previous_means = [bn.running_mean.clone() for bn in layers]
-    windows = [None if bn.momentum is None else max(1, round(1 / bn.momentum)) for bn in layers]
-    window_starts = {(k, max(c - w, 0)) for k, w in enumerate(windows) if w for c in checkpoints}
-    window_means = {(k, 0): bn.running_mean.clone() for k, bn in enumerate(layers) if (k, 0) in window_starts}
+    windows = [max(1, round(1 / bn.momentum)) if bn.momentum else None for bn in layers]
+    window_uses = Counter((k, max(c - w, 0)) for k, w in enumerate(windows) if w for c in checkpoints)
+    window_means = {(k, 0): bn.running_mean.clone() for k, bn in enumerate(layers) if (k, 0) in window_uses}
 
     shuffle_rng = np.random.default_rng([seed, 0])        # one shuffle per training epoch
     recalibration_rng = np.random.default_rng([seed, 1])  # one shuffle per checkpoint
@@ -737,6 +738,12 @@ def train_and_track(
         per_layer = [_movement([bn], [window_means[k, max(step - w, 0)]]) if w else math.nan
                      for k, (bn, w) in enumerate(zip(layers, windows))]
         history.window_movement.append(float(np.mean(per_layer)) if per_layer else math.nan)
+        for k, w in enumerate(windows):
+            if w:
+                start = (k, max(step - w, 0))
+                window_uses[start] -= 1
+                if window_uses[start] == 0:
+                    del window_means[start]               # no later checkpoint needs it
         previous_means[:] = [bn.running_mean.clone() for bn in layers]
         shuffle = int(recalibration_rng.integers(2**32))
         measured = {key: _measure(model, *key, (Xval, yval), val_batches, lambda: training_batches(shuffle),
@@ -765,7 +772,7 @@ def train_and_track(
                 step += 1
                 losses.append(loss.item())
                 for k, bn in enumerate(layers):
-                    if (k, step) in window_starts:
+                    if (k, step) in window_uses:
                         window_means[k, step] = bn.running_mean.clone()
                 if bar is not None:
                     bar.update(1)

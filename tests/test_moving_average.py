@@ -237,3 +237,16 @@ def test_noise_sd_matches_simulated_running_means(alpha, steps):
 def test_errors_of_a_running_mean_reject_bad_arguments(call, name):
     with pytest.raises((ValueError, TypeError), match=name):
         call()
+
+
+@pytest.mark.parametrize("alpha", [0.03, 0.1, 0.9])
+def test_lag_after_the_update_equals_a_batch_norm_layer(alpha):
+    """A BatchNorm1d whose input mean drifts by 0.01 per step, the running mean compared with the
+    input mean after each step (the network after the update): drift/alpha in the steady state."""
+    torch = pytest.importorskip("torch")
+    bn = torch.nn.BatchNorm1d(1, momentum=alpha, dtype=torch.float64)
+    base = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    for t in range(1, 41):
+        bn(base + 0.01 * (t - 1))                    # the batch of step t, before the update
+        error = 0.01 * t - bn.running_mean.item()    # against the population mean after it
+    assert error == pytest.approx(ema_lag(alpha, 0.01, 40, after_update=True), abs=1e-12)

@@ -408,8 +408,9 @@ def test_window_movement_spans_one_effective_window():
     assert long.window_movement[1] > long.movement[1] > 0          # since step 0, not since step 3
 
 
-def test_window_movement_is_nan_for_the_cumulative_average():
-    history = train_and_track(mlp(momentum=None), DATA.train, DATA.val, steps=4, eval_every=2,
+@pytest.mark.parametrize("momentum", [None, 0.0])
+def test_window_movement_is_nan_without_a_window(momentum):
+    history = train_and_track(mlp(momentum=momentum), DATA.train, DATA.val, steps=4, eval_every=2,
                               val_batch_sizes=())
     assert np.isnan(history.window_movement).all() and not np.isnan(history.movement).any()
 
