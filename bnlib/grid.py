@@ -12,11 +12,15 @@ filtered. Importing this module imports torch.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import pickle
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from .models import mlp, small_cnn
 from .tracking import (
@@ -108,6 +112,7 @@ def run_grid(
     reference: str = "population",
     sgd_momentum: float = 0.9,
     progress: bool = False,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Train and track every (setting, seed); one row per (setting, seed, checkpoint, method).
 
@@ -140,6 +145,14 @@ def run_grid(
         Heavy-ball momentum of SGD in every run.
     progress : bool, default False
         Show a progress bar over the runs (tqdm).
+    workers : int, default 1
+        Run the (setting, seed) pairs in this many new processes, each with
+        one torch thread and the calling process's choice of deterministic
+        algorithms; 1 runs them here. The table is the same either way
+        (apart from ``seconds``); the runs are independent, so two workers on
+        two cores take about half the time, plus a few seconds to start them.
+        With more than one worker a callable ``lr_schedule`` must be picklable
+        (a function defined at module level, not a lambda).
 
     Returns
     -------
@@ -185,29 +198,59 @@ def run_grid(
             isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in seeds)
             or len(set(seeds)) < len(seeds)):
         raise ValueError(f"seeds must be a non-empty sequence of distinct ints; got {seeds!r}")
-    runs = [(i, s, seed) for i, s in enumerate(settings) for seed in seeds]
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive int; got {workers!r}")
+    train, val = (tuple(np.asarray(a) for a in data.train), tuple(np.asarray(a) for a in data.val))
+    runs = [(i, s, int(seed), train, val, tuple(methods), reference, sgd_momentum)
+            for i, s in enumerate(settings) for seed in seeds]
+    if workers == 1:
+        results = map(_run, runs)
+    else:
+        try:
+            pickle.dumps(settings)
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            raise ValueError(f"with workers > 1 every setting must be picklable (a module-level "
+                             f"lr_schedule, not a lambda); {error}") from None
+        pool = ProcessPoolExecutor(max_workers=int(workers), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(torch.are_deterministic_algorithms_enabled(),))
+        results = pool.map(_run, runs)
     if progress:
         from tqdm.auto import tqdm
 
-        runs = tqdm(runs, desc="runs", unit="run")
+        results = tqdm(results, total=len(runs), desc="runs", unit="run")
+    try:
+        return [row for rows in results for row in rows]
+    finally:
+        if workers > 1:
+            pool.shutdown()
+
+
+def _start_worker(deterministic: bool) -> None:
+    """A new worker process: one torch thread, deterministic algorithms as in the calling process."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def _run(args: tuple) -> list[dict[str, Any]]:
+    """The rows of one (setting, seed): train and track, then one row per checkpoint and method."""
+    i, s, seed, train, val, methods, reference, sgd_momentum = args
+    model = MODELS[s.model](momentum=s.momentum, seed=seed)
+    h = train_and_track(model, train, val, steps=s.steps, eval_every=s.checkpoints,
+                        batch_size=s.batch_size, lr=s.lr, sgd_momentum=sgd_momentum,
+                        val_batch_sizes=(), seed=seed, methods=methods, reference=reference,
+                        lr_schedule=s.lr_schedule)
+    run = {"setting": i, "model": s.model, "lr": s.lr, "lr_schedule": _schedule_name(s.lr_schedule),
+           "momentum": s.momentum, "batch_size": s.batch_size, "steps": s.steps, "seed": seed}
     rows = []
-    for i, s, seed in runs:
-        model = MODELS[s.model](momentum=s.momentum, seed=int(seed))
-        h = train_and_track(model, data.train, data.val, steps=s.steps, eval_every=s.checkpoints,
-                            batch_size=s.batch_size, lr=s.lr, sgd_momentum=sgd_momentum,
-                            val_batch_sizes=(), seed=int(seed), methods=methods, reference=reference,
-                            lr_schedule=s.lr_schedule)
-        run = {"setting": i, "model": s.model, "lr": s.lr, "lr_schedule": _schedule_name(s.lr_schedule),
-               "momentum": s.momentum, "batch_size": s.batch_size, "steps": s.steps, "seed": int(seed)}
-        for c, step in enumerate(h.step):
-            checkpoint = {"step": step, "learning_rate": h.learning_rate[c], "train_loss": h.train_loss[c],
-                          "movement": h.movement[c],
-                          "window_movement": h.window_movement[c], **{k: h.staleness[k][c] for k in STALENESS}}
-            rows += [run | checkpoint | {
-                "method": method, "accuracy": h.accuracy[method][c], "loss": h.loss[method][c],
-                "disagreement": h.disagreement[method][c],
-                "forward_examples": h.forward_examples[method][c], "seconds": h.method_seconds[method][c],
-            } for method in methods]
+    for c, step in enumerate(h.step):
+        checkpoint = {"step": step, "learning_rate": h.learning_rate[c], "train_loss": h.train_loss[c],
+                      "movement": h.movement[c],
+                      "window_movement": h.window_movement[c], **{k: h.staleness[k][c] for k in STALENESS}}
+        rows += [run | checkpoint | {
+            "method": method, "accuracy": h.accuracy[method][c], "loss": h.loss[method][c],
+            "disagreement": h.disagreement[method][c],
+            "forward_examples": h.forward_examples[method][c], "seconds": h.method_seconds[method][c],
+        } for method in methods]
     return rows
 
 

@@ -126,3 +126,26 @@ def test_models_and_lazy_export():
 def test_docstring_examples_run():
     results = doctest.testmod(bnlib.grid)
     assert results.attempted >= 2 and results.failed == 0
+
+
+def schedule_half(step):
+    """A module-level schedule, so that worker processes can unpickle it."""
+    return 0.5
+
+
+def test_two_workers_give_the_same_table(table):
+    settings = SETTINGS + [{"steps": 6, "checkpoints": 3, "lr_schedule": schedule_half}]
+    alone = run_grid(settings, [0, 1], DATA, methods=METHODS)
+    assert without_times(run_grid(settings, [0, 1], DATA, methods=METHODS, workers=2)) == without_times(alone)
+    assert without_times(alone[:len(table)]) == without_times(table)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_int(workers):
+    with pytest.raises(ValueError, match="workers"):
+        run_grid(SETTINGS[:1], [0], DATA, workers=workers)
+
+
+def test_a_lambda_schedule_cannot_go_to_workers():
+    with pytest.raises(ValueError, match="picklable"):
+        run_grid([{"steps": 2, "checkpoints": 2, "lr_schedule": lambda step: 1.0}], [0], DATA, workers=2)
