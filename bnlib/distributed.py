@@ -29,6 +29,7 @@ Importing this module imports torch.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import pickle
 import queue as queue_module
@@ -46,7 +47,10 @@ from torch import nn
 __all__ = [
     "SyncBatchNorm",
     "ShardResult",
+    "convert_sync_batch_norm",
+    "ddp_train",
     "launch",
+    "single_process_train",
     "shard_forward_backward",
     "sync_and_local",
     "torch_sync_batch_norm_error",
@@ -210,6 +214,163 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_var.mul_(1 - alpha).add_(var_unbiased.to(self.running_var.dtype),
                                                       alpha=alpha)
         return y
+
+
+def convert_sync_batch_norm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """``module`` with every ``torch.nn.BatchNorm1d/2d/3d`` replaced by :class:`SyncBatchNorm`.
+
+    The counterpart of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (which
+    makes layers that refuse CPU tensors): each replacement keeps the layer's
+    settings, parameters, buffers and train/eval mode. Children are replaced in
+    place; the returned module is ``module`` itself unless it is a BN layer.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    process_group : ProcessGroup or None, default None
+        Of every new layer; the default group if None.
+
+    Returns
+    -------
+    torch.nn.Module
+
+    Examples
+    --------
+    >>> net = convert_sync_batch_norm(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
+    >>> type(net[1]).__name__
+    'SyncBatchNorm'
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats, process_group)
+        with torch.no_grad():
+            if module.affine:
+                sync.weight, sync.bias = module.weight, module.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(sync, name, getattr(module, name))
+        return sync.train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batch_norm(child, process_group))
+    return module
+
+
+def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, lr: float, loss_of) -> dict[str, Any]:
+    """SGD (heavy-ball 0.9) over the T batches X[t], y[t]; the state, last step's logits, the losses.
+
+    ``losses`` holds the loss that was minimised, ``shard_means`` the mean loss over this
+    process's examples (NaN for none), both per step.
+    """
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses, shard_means = [], []
+    for t in range(X.shape[0]):
+        logits = model(X[t])
+        per_example = F.cross_entropy(logits, y[t], reduction="none")
+        loss = loss_of(per_example)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        shard_means.append(per_example.mean().item() if len(per_example) else math.nan)
+    module = getattr(model, "module", model)
+    return {"state": {k: v.detach().numpy().copy() for k, v in module.state_dict().items()},
+            "logits": logits.detach().numpy(), "losses": np.array(losses),
+            "shard_means": np.array(shard_means)}
+
+
+def single_process_train(X: torch.Tensor, y: torch.Tensor, lr: float = 0.05, seed: int = 0) -> dict[str, Any]:
+    """The reference for :func:`ddp_train`: one process, every batch whole, mean loss.
+
+    Parameters
+    ----------
+    X : Tensor, shape (T, m, 64) float64
+        T batches of m digit images.
+    y : Tensor, shape (T, m) int64
+    lr : float, default 0.05
+        Learning rate of SGD with heavy-ball momentum 0.9.
+    seed : int, default 0
+        Seeds :func:`bnlib.models.mlp`'s weights.
+
+    Returns
+    -------
+    dict
+        ``state`` (the final ``state_dict`` as NumPy arrays: weights and BN
+        buffers), ``logits`` (last step, shape (m, 10)) and ``losses`` (T).
+    """
+    from .models import mlp
+
+    return _train(mlp(seed=seed).double(), X, y, lr, lambda per_example: per_example.mean())
+
+
+def ddp_train(
+    rank: int,
+    world_size: int,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    shard_sizes: Sequence[int],
+    lr: float = 0.05,
+    seed: int = 0,
+    layers: Sequence[str] = ("sync",),
+    loss: str = "global",
+) -> dict[str, dict[str, Any]]:
+    """Worker: :func:`single_process_train` under ``DistributedDataParallel``, each batch sharded.
+
+    Every process builds the same ``mlp(seed=seed)`` in float64 and wraps it in
+    ``torch.nn.parallel.DistributedDataParallel`` (gloo, CPU), which averages
+    the gradients of the P processes. Process p takes examples
+    ``sum(shard_sizes[:p])`` to ``sum(shard_sizes[:p + 1])`` of every batch;
+    shards may differ in size, and one may be empty.
+
+    Parameters
+    ----------
+    rank, world_size : int
+        Passed by :func:`launch`.
+    X, y, lr, seed
+        As in :func:`single_process_train`.
+    shard_sizes : sequence of int
+        One size per process, summing to m.
+    layers : sequence of {"sync", "local"}, default ("sync",)
+        Train one model for each, one after the other: ``"sync"``: BN layers
+        replaced by :class:`SyncBatchNorm` (:func:`convert_sync_batch_norm`);
+        ``"local"``: torch's BN on each shard alone (per-process statistics;
+        DDP broadcasts process 0's buffers at every step, as by default).
+    loss : {"global", "local_mean"}, default "global"
+        ``"global"``: each process's summed per-example loss times P / m, so
+        that DDP's average of the gradients is the gradient of the mean loss
+        over the whole batch, whatever the shard sizes; ``"local_mean"``: each
+        process's mean over its own shard, as a script written for one process
+        computes it (NaN on an empty shard).
+
+    Returns
+    -------
+    dict of str to dict
+        For each of ``layers``, as :func:`single_process_train`, with this
+        process's ``logits`` (its shard), ``losses`` (its term of the loss) and
+        ``shard_means`` (its mean loss, NaN for an empty shard).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .models import mlp
+
+    if len(shard_sizes) != world_size or sum(shard_sizes) != X.shape[1]:
+        raise ValueError(f"shard_sizes must hold {world_size} sizes summing to m = {X.shape[1]}; "
+                         f"got {list(shard_sizes)}")
+    if isinstance(layers, str) or any(layer not in ("sync", "local") for layer in layers):
+        raise ValueError(f"layers must be a sequence of 'sync' and 'local'; got {layers!r}")
+    if loss == "global":
+        loss_of = lambda per_example: per_example.sum() * world_size / X.shape[1]  # noqa: E731
+    elif loss == "local_mean":
+        loss_of = lambda per_example: per_example.mean()  # noqa: E731
+    else:
+        raise ValueError(f"loss must be 'global' or 'local_mean'; got {loss!r}")
+    start = sum(shard_sizes[:rank])
+    shard = slice(start, start + shard_sizes[rank])
+    results = {}
+    for layer in layers:
+        model = mlp(seed=seed).double()
+        if layer == "sync":
+            model = convert_sync_batch_norm(model)
+        results[layer] = _train(DistributedDataParallel(model), X[:, shard], y[:, shard], lr, loss_of)
+    return results
 
 
 # --------------------------------------------------------------------------- the launcher

@@ -115,3 +115,78 @@ def test_launch_times_out_and_stops_the_processes():
         launch(sleep_then_return, 2, args=(30.0,), timeout=2.0)
     assert time.monotonic() - start < 20
     assert launch(sleep_then_return, 2, args=(0.0,), timeout=60) == [0, 1]
+
+
+# --------------------------------------------------------------------------- a training run under DDP
+from bnlib.data import iterate_minibatches, load_digits_splits  # noqa: E402
+from bnlib.distributed import convert_sync_batch_norm, ddp_train, single_process_train  # noqa: E402
+from bnlib.models import mlp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run():
+    """Five SGD steps on batches of 25 digits (float64), trained in one process on whole batches."""
+    batches = list(iterate_minibatches(*load_digits_splits(seed=0).train, 25, seed=0))[:5]
+    X = torch.from_numpy(np.stack([b[0] for b in batches])).double()
+    y = torch.from_numpy(np.stack([b[1] for b in batches]))
+    return X, y, single_process_train(X, y)
+
+
+@pytest.mark.parametrize("sizes", [[9, 8, 8], [13, 12, 0], [20, 5]], ids=["uneven", "empty shard", "two"])
+def test_ddp_with_sync_bn_equals_one_process_on_the_whole_batch(run, sizes):
+    X, y, ref = run
+    out = [r["sync"] for r in launch(ddp_train, len(sizes), args=(X, y, sizes), timeout=120)]
+    for o in out:                                     # weights and BN buffers, on every process
+        for name, value in ref["state"].items():
+            np.testing.assert_allclose(o["state"][name], value, rtol=0, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(np.concatenate([o["logits"] for o in out]), ref["logits"], atol=1e-12)
+    # The minimised losses add up to P times the whole batch's mean loss, at every step.
+    np.testing.assert_allclose(sum(o["losses"] for o in out), len(sizes) * ref["losses"], rtol=1e-12)
+
+
+def test_the_mean_of_the_shards_mean_losses_is_not_the_batch_mean(run):
+    X, y, ref = run
+    uneven = [r["sync"] for r in launch(ddp_train, 3, args=(X, y, [9, 8, 8]), timeout=120)]
+    naive = np.mean([o["shard_means"] for o in uneven], axis=0)
+    assert np.abs(naive - ref["losses"]).min() > 1e-4          # every step: not the batch mean
+    empty = [r["sync"] for r in launch(ddp_train, 3, args=(X, y, [13, 12, 0]), timeout=120)]
+    assert np.isnan(empty[2]["shard_means"]).all()             # an empty shard has no mean
+
+
+def test_per_process_bn_under_ddp_trains_another_network(run):
+    X, y, ref = run
+    out = launch(ddp_train, 2, args=(X, y, [13, 12], 0.05, 0, ("local",)), timeout=120)
+    assert max(np.abs(out[0]["local"]["state"][k] - v).max() for k, v in ref["state"].items()) > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"shard_sizes": [10, 10]}, "shard_sizes"),
+    ({"shard_sizes": [9, 8, 7]}, "shard_sizes"),
+    ({"layers": "sync"}, "layers"),
+    ({"layers": ("global",)}, "layers"),
+    ({"loss": "sum"}, "loss"),
+])
+def test_ddp_train_rejects_bad_arguments_before_communicating(run, kwargs, name):
+    X, y, _ = run
+    args = {"shard_sizes": [9, 8, 8]} | kwargs
+    with pytest.raises(ValueError, match=name):
+        ddp_train(0, 3, X, y, **args)
+
+
+def test_convert_sync_batch_norm_keeps_parameters_buffers_and_mode():
+    net = mlp(seed=0)
+    net[1].running_mean += 1.0
+    net[4].eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    converted = convert_sync_batch_norm(net)
+    assert converted is net and isinstance(net[1], SyncBatchNorm) and isinstance(net[4], SyncBatchNorm)
+    assert net[1].training and not net[4].training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    x = torch.randn(8, 64)
+    reference = mlp(seed=0)
+    reference.load_state_dict(before)
+    assert torch.allclose(net.train()(x), reference.train()(x), atol=1e-6)   # no process group: plain BN
+    bn = nn.BatchNorm2d(3, momentum=None, affine=False)
+    sync = convert_sync_batch_norm(bn)
+    assert isinstance(sync, SyncBatchNorm) and sync.momentum is None and not sync.affine
