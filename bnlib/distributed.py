@@ -332,13 +332,15 @@ def ddp_train(
         Train one model for each, one after the other: ``"sync"``: BN layers
         replaced by :class:`SyncBatchNorm` (:func:`convert_sync_batch_norm`);
         ``"local"``: torch's BN on each shard alone (per-process statistics;
-        DDP broadcasts process 0's buffers at every step, as by default).
+        DDP broadcasts process 0's buffers before every forward pass, as by
+        default, and each process then updates them with its own shard).
     loss : {"global", "local_mean"}, default "global"
         ``"global"``: each process's summed per-example loss times P / m, so
         that DDP's average of the gradients is the gradient of the mean loss
         over the whole batch, whatever the shard sizes; ``"local_mean"``: each
         process's mean over its own shard, as a script written for one process
-        computes it (NaN on an empty shard).
+        computes it (NaN on an empty shard, whose process then contributes no
+        gradient: the step is silently wrong).
 
     Returns
     -------

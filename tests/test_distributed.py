@@ -190,3 +190,14 @@ def test_convert_sync_batch_norm_keeps_parameters_buffers_and_mode():
     bn = nn.BatchNorm2d(3, momentum=None, affine=False)
     sync = convert_sync_batch_norm(bn)
     assert isinstance(sync, SyncBatchNorm) and sync.momentum is None and not sync.affine
+
+
+def test_each_process_minimising_its_own_mean_loss_trains_silently_wrong(run):
+    """An empty shard's mean loss is NaN, but it sends no gradient: the weights stay finite and wrong."""
+    X, y, ref = run
+    out = [r["sync"] for r in launch(ddp_train, 3, args=(X, y, [13, 12, 0], 0.05, 0, ("sync",), "local_mean"),
+                                     timeout=120)]
+    assert np.isnan(out[2]["losses"]).all()
+    for o in out:
+        assert all(np.isfinite(v).all() for v in o["state"].values())
+        assert max(np.abs(o["state"][k] - v).max() for k, v in ref["state"].items()) > 1e-3
