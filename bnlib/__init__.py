@@ -9,6 +9,7 @@ from .core import batch_norm_backward, batch_norm_forward, batch_norm_inference,
 from .folding import fold_batch_norm, fold_batch_norm_weights
 from .layer import BatchNorm
 from .moving_average import (
+    accumulation_momentum,
     cumulative_average,
     debiased_ema,
     decay_to_momentum,
@@ -56,6 +57,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "SyncBatchNorm",
+    "accumulation_momentum",
     "batch_norm_backward",
     "batch_norm_forward",
     "batch_norm_inference",

@@ -47,6 +47,7 @@ from torch import nn
 __all__ = [
     "SyncBatchNorm",
     "ShardResult",
+    "accumulation_train",
     "convert_sync_batch_norm",
     "ddp_train",
     "launch",
@@ -299,6 +300,77 @@ def single_process_train(X: torch.Tensor, y: torch.Tensor, lr: float = 0.05, see
     from .models import mlp
 
     return _train(mlp(seed=seed).double(), X, y, lr, lambda per_example: per_example.mean())
+
+
+def accumulation_train(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    micro_sizes: Sequence[int],
+    lr: float = 0.05,
+    seed: int = 0,
+    running: str = "every",
+) -> dict[str, Any]:
+    """Gradient accumulation in one process: each batch as micro-batches, one SGD step per batch.
+
+    Micro-batch j holds examples ``sum(micro_sizes[:j])`` to ``sum(micro_sizes[:j + 1])``
+    of every batch; each runs forward (its BN layers normalise it with its own
+    statistics) and backward on its summed per-example loss divided by m, so the
+    accumulated gradient is that of the batch's mean loss, and one step follows.
+    The weights are those of :func:`ddp_train` with ``layers=("local",)`` on
+    shards of the same sizes: data parallel without synchronised BN and gradient
+    accumulation normalise the same groups of examples (Ghost Batch
+    Normalization, the micro-batch as ghost batch) and take the same steps.
+    They differ only in the running statistics.
+
+    Parameters
+    ----------
+    X, y, lr, seed
+        As in :func:`single_process_train`.
+    micro_sizes : sequence of int
+        The micro-batch sizes, each at least 1, summing to m.
+    running : {"every", "first"}, default "every"
+        ``"every"``: every micro-batch updates the running statistics, k
+        updates per step, as gradient accumulation does; ``"first"``: only the
+        first micro-batch does (the others' updates are undone), as the buffers
+        of process 0 under ``DistributedDataParallel``, which broadcasts them
+        before every forward pass.
+
+    Returns
+    -------
+    dict
+        As :func:`single_process_train`: ``state``, ``logits`` (the last
+        batch, shape (m, 10)) and ``losses`` (the mean loss of each batch).
+    """
+    from .models import mlp
+
+    sizes = list(micro_sizes)
+    if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes) or sum(sizes) != X.shape[1]:
+        raise ValueError(f"micro_sizes must be positive integers summing to m = {X.shape[1]}; "
+                         f"got {sizes}")
+    if running not in ("every", "first"):
+        raise ValueError(f"running must be 'every' or 'first'; got {running!r}")
+    model = mlp(seed=seed).double().train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    m = X.shape[1]
+    losses = []
+    for t in range(X.shape[0]):
+        opt.zero_grad()
+        logits, loss = [], 0.0
+        for j, (xb, yb) in enumerate(zip(X[t].split(sizes), y[t].split(sizes))):
+            kept = [b.clone() for b in model.buffers()] if running == "first" and j > 0 else None
+            out = model(xb)
+            micro_loss = F.cross_entropy(out, yb, reduction="sum") / m
+            micro_loss.backward()
+            if kept is not None:                          # only process 0's update survives
+                with torch.no_grad():
+                    for b, old in zip(model.buffers(), kept):
+                        b.copy_(old)
+            logits.append(out.detach())
+            loss += micro_loss.item()
+        opt.step()
+        losses.append(loss)
+    return {"state": {k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
+            "logits": torch.cat(logits).numpy(), "losses": np.array(losses)}
 
 
 def ddp_train(

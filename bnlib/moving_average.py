@@ -39,6 +39,7 @@ __all__ = [
     "half_life",
     "decay_to_momentum",
     "momentum_to_decay",
+    "accumulation_momentum",
     "ema_lag",
     "ema_noise_sd",
     "startup_bias",
@@ -378,6 +379,39 @@ def momentum_to_decay(momentum: float) -> float:
     0.9
     """
     return 1.0 - _check_unit_interval(momentum, "momentum")
+
+
+def accumulation_momentum(alpha: float, k: int) -> float:
+    """The momentum for k updates per step that forgets as fast as one update with ``alpha``.
+
+    Under gradient accumulation every one of the k micro-batches of an optimiser
+    step updates the running statistics, so over one step the old average keeps
+    the weight (1 - alpha)^k and the window, counted in optimiser steps, shrinks
+    to 1/(k alpha). The momentum alpha_k = 1 - (1 - alpha)^(1/k) restores the
+    decay of one update per step, (1 - alpha_k)^k = 1 - alpha
+    (eq-pitfalls-accumulation-momentum).
+
+    Parameters
+    ----------
+    alpha : float in (0, 1]
+        The momentum (PyTorch convention) wanted per optimiser step.
+    k : int >= 1
+        Micro-batches, hence updates of the running statistics, per optimiser step.
+
+    Returns
+    -------
+    float
+        alpha_k in (0, alpha], equal to alpha when k = 1.
+
+    Examples
+    --------
+    >>> round(accumulation_momentum(0.1, 4), 6)
+    0.025996
+    """
+    alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1 (micro-batches per optimiser step); got {k!r}")
+    return -math.expm1(math.log1p(-alpha) / k) if alpha < 1.0 else 1.0
 
 
 # --------------------------------------------------------------------------- errors of a running mean

@@ -119,7 +119,9 @@ def test_launch_times_out_and_stops_the_processes():
 
 # --------------------------------------------------------------------------- a training run under DDP
 from bnlib.data import iterate_minibatches, load_digits_splits  # noqa: E402
-from bnlib.distributed import convert_sync_batch_norm, ddp_train, single_process_train  # noqa: E402
+from bnlib.distributed import (  # noqa: E402
+    accumulation_train, convert_sync_batch_norm, ddp_train, single_process_train,
+)
 from bnlib.models import mlp  # noqa: E402
 
 
@@ -201,3 +203,37 @@ def test_each_process_minimising_its_own_mean_loss_trains_silently_wrong(run):
     for o in out:
         assert all(np.isfinite(v).all() for v in o["state"].values())
         assert max(np.abs(o["state"][k] - v).max() for k, v in ref["state"].items()) > 1e-3
+
+
+def test_ddp_without_sync_bn_is_gradient_accumulation_over_the_same_groups(run):
+    """Same weights to float64 rounding; process 0's buffers are those of the first micro-batch only."""
+    X, y, _ = run
+    local = launch(ddp_train, 3, args=(X, y, [9, 8, 8], 0.05, 0, ("local",)), timeout=120)[0]["local"]["state"]
+    first = accumulation_train(X, y, [9, 8, 8], running="first")["state"]
+    every = accumulation_train(X, y, [9, 8, 8])["state"]
+    for name, value in local.items():
+        np.testing.assert_allclose(first[name], value, rtol=0, atol=1e-12, err_msg=name)
+        if "running" not in name and "num_batches" not in name:
+            np.testing.assert_allclose(every[name], value, rtol=0, atol=1e-12, err_msg=name)
+    assert every["1.num_batches_tracked"] == 3 * local["1.num_batches_tracked"] == 3 * X.shape[0]
+    assert np.abs(every["1.running_mean"] - local["1.running_mean"]).max() > 1e-3
+
+
+def test_accumulation_in_one_micro_batch_is_plain_training(run):
+    X, y, ref = run
+    one = accumulation_train(X, y, [X.shape[1]])
+    for name, value in ref["state"].items():
+        np.testing.assert_allclose(one["state"][name], value, rtol=0, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(one["losses"], ref["losses"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"micro_sizes": [10, 10]}, "micro_sizes"),
+    ({"micro_sizes": [25, 0]}, "micro_sizes"),
+    ({"micro_sizes": []}, "micro_sizes"),
+    ({"running": "last"}, "running"),
+])
+def test_accumulation_train_rejects_bad_arguments(run, kwargs, name):
+    X, y, _ = run
+    with pytest.raises(ValueError, match=name):
+        accumulation_train(X, y, **({"micro_sizes": [13, 12]} | kwargs))

@@ -180,6 +180,9 @@ def test_the_ema_api_is_exported_eagerly_and_needs_no_torch():
         (lambda: half_life(0.0), ValueError, r"alpha must be in \(0, 1\]"),
         (lambda: decay_to_momentum(1.01), ValueError, r"decay must be in \[0, 1\]"),
         (lambda: momentum_to_decay(None), TypeError, "momentum must be a float"),
+        (lambda: bnlib.accumulation_momentum(0.1, 0), ValueError, "k must be an int >= 1"),
+        (lambda: bnlib.accumulation_momentum(0.1, 2.0), ValueError, "k must be an int >= 1"),
+        (lambda: bnlib.accumulation_momentum(0.0, 2), ValueError, r"alpha must be in \(0, 1\]"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(call, error, match):
@@ -250,3 +253,14 @@ def test_lag_after_the_update_equals_a_batch_norm_layer(alpha):
         bn(base + 0.01 * (t - 1))                    # the batch of step t, before the update
         error = 0.01 * t - bn.running_mean.item()    # against the population mean after it
     assert error == pytest.approx(ema_lag(alpha, 0.01, 40, after_update=True), abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 0.01, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("k", [1, 2, 4, 16])
+def test_k_updates_with_the_accumulation_momentum_forget_as_one_update(alpha, k):
+    """k updates with alpha_k on k equal values give one update with alpha, for any old average."""
+    alpha_k = bnlib.accumulation_momentum(alpha, k)
+    assert math.isclose((1 - alpha_k) ** k, 1 - alpha, rel_tol=1e-12, abs_tol=1e-15)
+    assert 0 < alpha_k <= alpha and (k > 1 or alpha_k == alpha)
+    np.testing.assert_allclose(ema(np.full(k, 3.0), alpha_k, init=1.0)[-1], ema([3.0], alpha, init=1.0)[-1],
+                               rtol=1e-12)
