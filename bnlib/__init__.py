@@ -21,7 +21,9 @@ from .moving_average import (
     ema_weights,
     half_life,
     momentum_to_decay,
+    running_mean_band,
     startup_bias,
+    trusts_ema_tracking,
 )
 from .nn import Linear, ReLU, Sequential, sgd_step, softmax_cross_entropy
 from .population import ESTIMATORS, population_statistics
@@ -83,10 +85,12 @@ __all__ = [
     "population_statistics",
     "recalibrate",
     "run_grid",
+    "running_mean_band",
     "sgd_step",
     "softmax_cross_entropy",
     "startup_bias",
     "train_and_track",
+    "trusts_ema_tracking",
     "two_pass_stats",
     "welford",
 ]

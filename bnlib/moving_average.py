@@ -26,7 +26,7 @@ Everything is NumPy and computed in float64.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +44,9 @@ __all__ = [
     "ema_noise_sd",
     "startup_bias",
     "ema_error",
+    "RunningMeanBand",
+    "running_mean_band",
+    "trusts_ema_tracking",
 ]
 
 
@@ -595,3 +598,129 @@ def ema_error(alpha: float, batch_size: int, drift: float = 0.0, steps: int | No
     bias = 0.0 if steps is None else startup_bias(alpha, steps, start_distance)
     mean_error = bias + ema_lag(alpha, drift, steps, after_update)
     return math.hypot(mean_error, ema_noise_sd(alpha, batch_size, steps))
+
+
+# --------------------------------------------------------------------------- the explorer's closed forms
+class RunningMeanBand(NamedTuple):
+    """Where a running mean is expected at step t, and how widely batch noise spreads it.
+
+    Both in population standard deviations. ``error`` is the population mean
+    minus the expected running mean; the running mean lies within
+    ``error +- noise_sd`` of it with probability about 68 % (normal noise).
+    """
+
+    error: float
+    noise_sd: float
+
+
+_KINDS = ("ema", "debiased", "cumulative")
+
+
+def running_mean_band(alpha: float | None, batch_size: int, drift: float, steps: int,
+                      start_distance: float = 0.0, kind: str = "ema") -> RunningMeanBand:
+    """Expected error and noise of a running mean at a checkpoint, for three averages.
+
+    The book's model (chapter 7): at step t, after the t-th update of the
+    weights, the population mean is mu_t = mu_0 + drift t, in population
+    standard deviations; the batch of step t passed through the weights before
+    that update, so its mean is mu_{t-1} plus noise of variance 1/m, independent
+    from batch to batch. The running mean starts at 0 and the population mean at mu_0 =
+    ``start_distance``.
+
+    * ``"ema"`` (PyTorch's ``momentum=alpha``): error
+      (1 - alpha)^t d_0 + drift (1 - (1 - alpha)^t) / alpha (:func:`startup_bias`
+      plus :func:`ema_lag` with ``after_update=True``), noise :func:`ema_noise_sd`.
+    * ``"debiased"`` (the EMA divided by 1 - (1 - alpha)^t, eq-ema-debiased):
+      no start-up bias; error drift (1 + A_t), where A_t is the mean age of its
+      normalised weights, alpha sum_j j (1 - alpha)^j / (1 - (1 - alpha)^t)
+      over j < t; noise :func:`ema_noise_sd` / (1 - (1 - alpha)^t).
+    * ``"cumulative"`` (``momentum=None``, eq-ema-cumulative; ``alpha`` is
+      ignored): error drift (t + 1) / 2, noise 1 / sqrt(t m).
+
+    These are the numbers the explorable figure of chapter 7 draws.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1], or None for ``kind="cumulative"``
+        Weight of the new batch (PyTorch's ``momentum``).
+    batch_size : int >= 1
+        Number m of independent values per batch and channel.
+    drift : float
+        Change of the population mean per step.
+    steps : int
+        The checkpoint t: >= 0 for ``"ema"``, >= 1 for the others (they have no
+        value before the first batch).
+    start_distance : float, default 0.0
+        Population mean minus the running mean's starting value 0, at step 0.
+    kind : {"ema", "debiased", "cumulative"}, default "ema"
+
+    Returns
+    -------
+    RunningMeanBand
+        ``(error, noise_sd)``.
+
+    Examples
+    --------
+    >>> band = running_mean_band(0.1, 32, 0.002, 100, start_distance=1.0)
+    >>> round(band.error, 4), round(band.noise_sd, 4)
+    (0.02, 0.0406)
+    >>> round(running_mean_band(None, 32, 0.002, 100, kind="cumulative").error, 3)
+    0.101
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}; got {kind!r}")
+    drift = _check_real(drift, "drift")
+    start_distance = _check_real(start_distance, "start_distance")
+    t = _check_steps(steps)
+    if t == math.inf:
+        raise ValueError("steps must be a non-negative int; got None")
+    if kind != "ema" and t < 1:
+        raise ValueError(f"steps must be >= 1 for kind={kind!r} (no value before the first batch); got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    if kind == "cumulative":
+        return RunningMeanBand(drift * (t + 1) / 2, 1.0 / math.sqrt(t * batch_size))
+    alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
+    if kind == "ema":
+        error = startup_bias(alpha, steps, start_distance) + ema_lag(alpha, drift, steps, after_update=True)
+        return RunningMeanBand(error, ema_noise_sd(alpha, batch_size, steps))
+    rho = 1.0 - alpha
+    filled = -math.expm1(t * math.log1p(-alpha)) if alpha < 1.0 else 1.0      # 1 - rho^t
+    ages = sum(j * rho ** j for j in range(int(t)))                              # sum_j j rho^j
+    return RunningMeanBand(drift * (1.0 + alpha * ages / filled),
+                           ema_noise_sd(alpha, batch_size, steps) / filled)
+
+
+def trusts_ema_tracking(alpha: float, batch_size: int, drift: float, s_star: float) -> bool:
+    """The book's rule (eq-misleads-rule): is EMA-tracked accuracy to be trusted here?
+
+    Trust it when sqrt(2/pi) s_rms <= s_star, where s_rms is the steady-state
+    root-mean-square distance of the running mean from the population mean at a
+    checkpoint, :func:`ema_error` ``(alpha, batch_size, drift, after_update=True)``,
+    and sqrt(2/pi) turns it into the mean absolute distance that ``s_star`` (a
+    threshold calibrated in chapter 7, in population standard deviations) is
+    measured in. Conservative where the batch's values are correlated.
+
+    Parameters
+    ----------
+    alpha : float in (0, 1]
+        PyTorch's ``momentum``.
+    batch_size : int >= 1
+        Examples per batch (independent values per channel).
+    drift : float
+        Change of the population mean per step, in population standard deviations.
+    s_star : float > 0
+        The calibrated threshold.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> trusts_ema_tracking(0.1, 256, 0.001, 0.035), trusts_ema_tracking(0.1, 32, 0.005, 0.035)
+    (True, False)
+    """
+    s_star = _check_real(s_star, "s_star", positive=True)
+    s_rms = ema_error(alpha, batch_size, drift, after_update=True)
+    return math.sqrt(2.0 / math.pi) * s_rms <= s_star

@@ -264,3 +264,61 @@ def test_k_updates_with_the_accumulation_momentum_forget_as_one_update(alpha, k)
     assert 0 < alpha_k <= alpha and (k > 1 or alpha_k == alpha)
     np.testing.assert_allclose(ema(np.full(k, 3.0), alpha_k, init=1.0)[-1], ema([3.0], alpha, init=1.0)[-1],
                                rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- the explorer's closed forms
+from bnlib.moving_average import cumulative_average, debiased_ema, running_mean_band, trusts_ema_tracking  # noqa: E402
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [1, 2, 37, 400])
+@pytest.mark.parametrize("kind", ["ema", "debiased", "cumulative"])
+def test_running_mean_band_equals_the_recursion_on_the_batch_means(alpha, steps, kind):
+    """Error: the average run on the expected batch means mu_0, ..., mu_{t-1}; noise: sqrt(sum w^2 / m)."""
+    drift, start, m = 0.003, 0.7, 16
+    mu = start + drift * np.arange(steps + 1)                 # mu_0 .. mu_t; batch k has mean mu_{k-1}
+    batches = mu[:-1]
+    w, _ = ema_weights(alpha, steps)                          # newest first
+    if kind == "ema":
+        expected, weights = ema(batches, alpha, init=0.0)[-1], w
+    elif kind == "debiased":
+        expected, weights = debiased_ema(batches, alpha)[-1], w / w.sum()
+    else:
+        expected, weights = cumulative_average(batches)[-1], np.full(steps, 1.0 / steps)
+    band = running_mean_band(None if kind == "cumulative" else alpha, m, drift, steps, start, kind)
+    assert math.isclose(band.error, mu[-1] - expected, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(band.noise_sd, math.sqrt((weights ** 2).sum() / m), rel_tol=1e-9)
+
+
+def test_running_mean_band_matches_a_simulation():
+    """Monte Carlo over 4000 runs of noisy batches: mean and spread of the EMA at step 60."""
+    rng = np.random.default_rng(0)
+    alpha, m, drift, start, t = 0.05, 8, 0.01, 1.0, 60
+    batches = start + drift * np.arange(t) + rng.standard_normal((4000, t, m)).mean(axis=2)
+    running = ema(batches.T, alpha, init=0.0)[-1]             # (4000,)
+    band = running_mean_band(alpha, m, drift, t, start)
+    target = start + drift * t
+    assert abs((target - running.mean()) - band.error) < 3 * band.noise_sd / math.sqrt(4000)
+    assert abs(running.std(ddof=1) / band.noise_sd - 1) < 0.05
+
+
+def test_the_rule_is_the_closed_form_of_chapter_7():
+    s_star = 0.035
+    for alpha, m, drift in [(0.1, 32, 0.0), (0.1, 256, 0.001), (0.5, 32, 0.01), (0.01, 1024, 0.0)]:
+        s_rms = math.sqrt((drift / alpha) ** 2 + alpha / ((2 - alpha) * m))
+        assert trusts_ema_tracking(alpha, m, drift, s_star) == (math.sqrt(2 / math.pi) * s_rms <= s_star)
+    assert trusts_ema_tracking(0.1, 256, 0.001, s_star) and not trusts_ema_tracking(0.1, 32, 0.005, s_star)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: running_mean_band(0.1, 32, 0.0, 10, kind="window"), ValueError, "kind must be one of"),
+    (lambda: running_mean_band(0.1, 32, 0.0, 0, kind="debiased"), ValueError, "steps must be >= 1"),
+    (lambda: running_mean_band(0.1, 0, 0.0, 10), ValueError, "batch_size must be an int >= 1"),
+    (lambda: running_mean_band(0.0, 32, 0.0, 10), ValueError, r"alpha must be in \(0, 1\]"),
+    (lambda: running_mean_band(0.1, 32, float("nan"), 10), ValueError, "drift must be a finite number"),
+    (lambda: running_mean_band(0.1, 32, 0.0, None), ValueError, "steps must be a non-negative int"),
+    (lambda: trusts_ema_tracking(0.1, 32, 0.0, 0.0), ValueError, "s_star must be a finite positive number"),
+])
+def test_explorer_functions_reject_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
