@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import operator
 import pickle
 import queue as queue_module
 import time
@@ -302,6 +303,18 @@ def single_process_train(X: torch.Tensor, y: torch.Tensor, lr: float = 0.05, see
     return _train(mlp(seed=seed).double(), X, y, lr, lambda per_example: per_example.mean())
 
 
+def _sizes(sizes: Sequence[int], name: str, m: int, smallest: int) -> list[int]:
+    """``sizes`` as a list of ints, each at least ``smallest``, summing to m; or raise naming ``name``."""
+    try:
+        values = [operator.index(v) for v in sizes]
+    except TypeError:
+        values = None
+    if not values or any(isinstance(v, bool) for v in sizes) or min(values) < smallest or sum(values) != m:
+        shown = [v.item() if hasattr(v, "item") else v for v in sizes] if hasattr(sizes, "__iter__") else sizes
+        raise ValueError(f"{name} must be integers, each at least {smallest}, summing to m = {m}; got {shown}")
+    return values
+
+
 def accumulation_train(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -318,22 +331,27 @@ def accumulation_train(
     accumulated gradient is that of the batch's mean loss, and one step follows.
     The weights are those of :func:`ddp_train` with ``layers=("local",)`` on
     shards of the same sizes: data parallel without synchronised BN and gradient
-    accumulation normalise the same groups of examples (Ghost Batch
-    Normalization, the micro-batch as ghost batch) and take the same steps.
-    They differ only in the running statistics.
+    accumulation normalise the same groups of examples and, with the loss
+    scaled by P/m as there, take the same steps; they differ only in the
+    running statistics. With equal micro-batches this is Ghost Batch
+    Normalization with the micro-batch as ghost batch; with unequal ones each
+    group's loss counts in proportion to its size, where Ghost BN averages the
+    groups' mean losses.
 
     Parameters
     ----------
     X, y, lr, seed
         As in :func:`single_process_train`.
     micro_sizes : sequence of int
-        The micro-batch sizes, each at least 1, summing to m.
+        The micro-batch sizes, each at least 2 (a BN layer in training mode
+        needs two values per feature), summing to m.
     running : {"every", "first"}, default "every"
         ``"every"``: every micro-batch updates the running statistics, k
-        updates per step, as gradient accumulation does; ``"first"``: only the
-        first micro-batch does (the others' updates are undone), as the buffers
-        of process 0 under ``DistributedDataParallel``, which broadcasts them
-        before every forward pass.
+        updates per step, as gradient accumulation (and Ghost BN) does;
+        ``"first"``: only the first micro-batch does (the others' updates are
+        undone), as the buffers of process 0 under ``DistributedDataParallel``,
+        which broadcasts them before every forward pass (when process 0's shard
+        is empty they never change).
 
     Returns
     -------
@@ -343,10 +361,11 @@ def accumulation_train(
     """
     from .models import mlp
 
-    sizes = list(micro_sizes)
-    if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes) or sum(sizes) != X.shape[1]:
-        raise ValueError(f"micro_sizes must be positive integers summing to m = {X.shape[1]}; "
-                         f"got {sizes}")
+    if not (isinstance(X, torch.Tensor) and X.dim() == 3 and isinstance(y, torch.Tensor)
+            and y.shape == X.shape[:2]):
+        raise ValueError(f"X must be a tensor of shape (T, m, features) and y one of shape (T, m); got "
+                         f"{tuple(getattr(X, 'shape', ()))} and {tuple(getattr(y, 'shape', ()))}")
+    sizes = _sizes(micro_sizes, "micro_sizes", X.shape[1], smallest=2)
     if running not in ("every", "first"):
         raise ValueError(f"running must be 'every' or 'first'; got {running!r}")
     model = mlp(seed=seed).double().train()
@@ -425,9 +444,10 @@ def ddp_train(
 
     from .models import mlp
 
-    if len(shard_sizes) != world_size or sum(shard_sizes) != X.shape[1]:
+    shard_sizes = _sizes(shard_sizes, "shard_sizes", X.shape[1], smallest=0)
+    if len(shard_sizes) != world_size:
         raise ValueError(f"shard_sizes must hold {world_size} sizes summing to m = {X.shape[1]}; "
-                         f"got {list(shard_sizes)}")
+                         f"got {shard_sizes}")
     if isinstance(layers, str) or any(layer not in ("sync", "local") for layer in layers):
         raise ValueError(f"layers must be a sequence of 'sync' and 'local'; got {layers!r}")
     if loss == "global":

@@ -164,6 +164,7 @@ def test_per_process_bn_under_ddp_trains_another_network(run):
 @pytest.mark.parametrize("kwargs, name", [
     ({"shard_sizes": [10, 10]}, "shard_sizes"),
     ({"shard_sizes": [9, 8, 7]}, "shard_sizes"),
+    ({"shard_sizes": [26, -1, 0]}, "shard_sizes"),
     ({"layers": "sync"}, "layers"),
     ({"layers": ("global",)}, "layers"),
     ({"loss": "sum"}, "loss"),
@@ -205,17 +206,18 @@ def test_each_process_minimising_its_own_mean_loss_trains_silently_wrong(run):
         assert max(np.abs(o["state"][k] - v).max() for k, v in ref["state"].items()) > 1e-3
 
 
-def test_ddp_without_sync_bn_is_gradient_accumulation_over_the_same_groups(run):
+@pytest.mark.parametrize("sizes", [[9, 8, 8], [13, 12], [5, 5, 5, 10]])
+def test_ddp_without_sync_bn_is_gradient_accumulation_over_the_same_groups(run, sizes):
     """Same weights to float64 rounding; process 0's buffers are those of the first micro-batch only."""
     X, y, _ = run
-    local = launch(ddp_train, 3, args=(X, y, [9, 8, 8], 0.05, 0, ("local",)), timeout=120)[0]["local"]["state"]
-    first = accumulation_train(X, y, [9, 8, 8], running="first")["state"]
-    every = accumulation_train(X, y, [9, 8, 8])["state"]
+    local = launch(ddp_train, len(sizes), args=(X, y, sizes, 0.05, 0, ("local",)), timeout=120)[0]["local"]["state"]
+    first = accumulation_train(X, y, sizes, running="first")["state"]
+    every = accumulation_train(X, y, sizes)["state"]
     for name, value in local.items():
         np.testing.assert_allclose(first[name], value, rtol=0, atol=1e-12, err_msg=name)
         if "running" not in name and "num_batches" not in name:
             np.testing.assert_allclose(every[name], value, rtol=0, atol=1e-12, err_msg=name)
-    assert every["1.num_batches_tracked"] == 3 * local["1.num_batches_tracked"] == 3 * X.shape[0]
+    assert every["1.num_batches_tracked"] == len(sizes) * local["1.num_batches_tracked"] == len(sizes) * X.shape[0]
     assert np.abs(every["1.running_mean"] - local["1.running_mean"]).max() > 1e-3
 
 
@@ -230,6 +232,9 @@ def test_accumulation_in_one_micro_batch_is_plain_training(run):
 @pytest.mark.parametrize("kwargs, name", [
     ({"micro_sizes": [10, 10]}, "micro_sizes"),
     ({"micro_sizes": [25, 0]}, "micro_sizes"),
+    ({"micro_sizes": [24, 1]}, "micro_sizes"),
+    ({"micro_sizes": [True, 24]}, "micro_sizes"),
+    ({"micro_sizes": [12.5, 12.5]}, "micro_sizes"),
     ({"micro_sizes": []}, "micro_sizes"),
     ({"running": "last"}, "running"),
 ])
@@ -237,3 +242,11 @@ def test_accumulation_train_rejects_bad_arguments(run, kwargs, name):
     X, y, _ = run
     with pytest.raises(ValueError, match=name):
         accumulation_train(X, y, **({"micro_sizes": [13, 12]} | kwargs))
+
+
+def test_accumulation_train_takes_numpy_sizes_and_checks_shapes(run):
+    X, y, _ = run
+    one = accumulation_train(X[:1], y[:1], np.array([13, 12]))
+    assert one["losses"].shape == (1,)
+    with pytest.raises(ValueError, match=r"X must be a tensor of shape \(T, m, features\)"):
+        accumulation_train(X[0], y[0], [13, 12])
