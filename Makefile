@@ -4,7 +4,9 @@
 #               errors, run every test, the browser tests of the HTML included
 # Authors: `make execute` re-executes every chapter notebook in place;
 #          `make lock` refreshes constraints.txt, the pins of every package;
-#          `make bench` times bnlib against torch and every notebook (bench/).
+#          `make bench` times bnlib against torch and every notebook (bench/);
+#          `make explorer` rewrites chapter 7's explorable figure's data file
+#          from the chapter's stored outputs (after `make execute`).
 # Readers: `make lab` opens the notebooks in JupyterLab (optional requirements-lab.txt);
 #          `make pdf` builds the whole book as one PDF (needs xelatex, see README).
 
@@ -22,7 +24,7 @@ PYTEST_FLAGS ?=
 CHROMIUM  := /usr/bin/chromium
 SUDO      := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: book test execute bench lab lock pdf html clean
+.PHONY: book test execute explorer bench lab lock pdf html clean
 
 book: $(STAMP) $(MATHJAX)
 	$(JB) build . $(JB_FLAGS)
@@ -34,6 +36,9 @@ test: $(STAMP) $(MATHJAX) $(CHROMIUM)
 
 execute: $(STAMP)
 	$(PY) scripts/execute_notebooks.py
+
+explorer: $(STAMP)
+	$(PY) scripts/explorer_data.py
 
 # Benchmarks, not tests: tables in bench/results_*.md (quoted in the README).
 bench: $(STAMP)

@@ -380,3 +380,119 @@ def test_external_links_are_well_formed(parsed_pages: dict[str, _Page]):
             elif parts.scheme not in ("", "mailto"):
                 bad.append(f"{name}: {href} (unexpected scheme {parts.scheme!r})")
     assert not bad, "\n".join(bad)
+
+
+# ------------------------------------------------------------------ chapter 7's explorable figure
+EXPLORER_PAGE = "book/ch07_when_ema_misleads"
+# Keys pressed on each control, then the checkboxes toggled with the space bar.
+EXPLORER_CASES = [
+    ({"alpha": ["Home"], "drift": ["Home"], "m": ["End"]}, []),
+    ({"alpha": ["End"], "drift": ["End"], "m": ["Home"]}, ["debiased", "cumulative"]),
+    ({"alpha": ["Home"] + ["ArrowRight"] * 10, "drift": ["End", "ArrowLeft"], "m": ["Home", "ArrowRight"]},
+     ["debiased"]),
+    ({"alpha": ["ArrowLeft"] * 3, "drift": ["ArrowRight"] * 5, "m": ["ArrowLeft"] * 2}, ["cumulative"]),
+    ({"alpha": ["PageUp"], "drift": ["ArrowLeft"] * 9, "m": ["ArrowRight"] * 3}, ["debiased", "cumulative"]),
+]
+
+
+def _four_digits(shown: str, expected: float) -> bool:
+    """``shown`` is ``expected`` printed with four significant digits."""
+    return abs(float(shown) - expected) <= 5.01e-4 * abs(expected) + 1e-12
+
+
+@pytest.fixture(scope="module")
+def explorer(browser, base_url: str):
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.goto(f"{base_url}/{EXPLORER_PAGE}.html", wait_until="load")
+    page.wait_for_selector("#ema-explorer-figure[data-ready='true']")
+    yield page, errors
+    page.close()
+
+
+def _explorer_state(page) -> dict:
+    return page.evaluate("""() => {
+      const d = window.emaExplorerData, v = id => Number(document.getElementById(id).value);
+      const numbers = {};
+      document.querySelectorAll('#ema-explorer-figure [data-q]').forEach(e => { numbers[e.dataset.q] = e.textContent; });
+      return {alpha: d.alpha[v('emx-alpha')], drift: d.drift[v('emx-drift')], m: d.batch_size[v('emx-m')],
+              s_star: d.s_star, start: d.start_distance, numbers: numbers,
+              trusted: document.querySelector('#ema-explorer-figure [data-q=verdict]').dataset.trusted,
+              valuetext: document.getElementById('emx-alpha').getAttribute('aria-valuetext'),
+              debiased: document.getElementById('emx-debiased').checked,
+              cumulative: document.getElementById('emx-cumulative').checked};
+    }""")
+
+
+@pytest.mark.parametrize("keys, toggles", EXPLORER_CASES)
+def test_explorer_numbers_equal_bnlib_after_keyboard_use(explorer, keys, toggles):
+    import math
+
+    import bnlib
+
+    page, errors = explorer
+    for control, presses in keys.items():
+        page.focus(f"#emx-{control}")
+        for key in presses:
+            page.keyboard.press(key)
+    for box in toggles:
+        page.focus(f"#emx-{box}")
+        page.keyboard.press("Space")
+    s = _explorer_state(page)
+    a, v, m, n = s["alpha"], s["drift"], s["m"], s["numbers"]
+    assert f"α = {a}," in s["valuetext"] and f"ρ = 1 − α = " in s["valuetext"]
+    steps = int(n["steps"])
+    assert steps == min(2000, max(50, math.floor(5 / a + 0.5)))
+    ema = bnlib.running_mean_band(a, m, v, steps, s["start"])
+    s_rms = bnlib.ema_error(a, m, v, after_update=True)
+    expected = {
+        "window": bnlib.effective_window(a),
+        "half_life": bnlib.half_life(a, exact=True),
+        "n_batches": 1.0 / bnlib.ema_noise_sd(a, 1) ** 2,
+        "startup": bnlib.startup_bias(a, steps, s["start"]),
+        "lag": bnlib.ema_lag(a, v, after_update=True),
+        "noise": bnlib.ema_noise_sd(a, m),
+        "ema_error": ema.error, "ema_noise": ema.noise_sd,
+        "s_rms": s_rms, "mean_abs": math.sqrt(2 / math.pi) * s_rms,
+    }
+    for kind in ("debiased", "cumulative"):
+        assert (f"{kind}_error" in n) == s[kind]
+        if s[kind]:
+            band = bnlib.running_mean_band(None if kind == "cumulative" else a, m, v, steps, s["start"], kind)
+            expected[f"{kind}_error"], expected[f"{kind}_noise"] = band.error, band.noise_sd
+    wrong = {q: (n[q], value) for q, value in expected.items() if not _four_digits(n[q], value)}
+    assert not wrong, f"alpha {a}, drift {v}, m {m}: shown vs bnlib {wrong}"
+    assert s["trusted"] == str(bnlib.trusts_ema_tracking(a, m, v, s["s_star"])).lower()
+    assert not errors, errors
+
+
+def test_explorer_controls_are_labelled_and_the_fallback_hidden(explorer):
+    page, _ = explorer
+    assert page.locator("[id='ema-explorer-figure']").count() == 1        # ids are unique on the page
+    controls = page.eval_on_selector_all(
+        "#ema-explorer-figure input",
+        "els => els.map(e => [e.type, !!document.querySelector(`label[for='${e.id}']`), e.getAttribute('aria-valuetext')])")
+    assert [c[0] for c in controls] == ["range"] * 3 + ["checkbox"] * 2
+    assert all(labelled for _, labelled, _ in controls)
+    assert all(text for kind, _, text in controls if kind == "range")
+    hidden = page.eval_on_selector_all(".tag_ema-explorer-fallback", "els => els.map(e => e.hidden)")
+    assert hidden == [True]                                  # the static version, for print and no JavaScript
+
+
+def test_explorer_passes_axe_with_every_curve_shown(explorer):
+    from axe_playwright_python.sync_playwright import Axe
+
+    page, _ = explorer
+    for box in ("debiased", "cumulative"):
+        if not page.is_checked(f"#emx-{box}"):
+            page.check(f"#emx-{box}")
+    found = [f"{v['id']}: {v['help']}" for v in Axe().run(page, context="#ema-explorer-figure").response["violations"]
+             if v["impact"] in ("serious", "critical")]
+    assert not found, found
+
+
+def test_only_chapter_7_loads_the_explorer(site: Path):
+    pages = [p.relative_to(site).as_posix() for p in site.rglob("*.html") if "ema_explorer.js" in p.read_text()]
+    assert pages == [f"{EXPLORER_PAGE}.html"]
