@@ -27,6 +27,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "ch07_when_ema_misleads.ipynb"
 OUTPUT = ROOT / "book" / "_explorer" / "ema_explorer_data.js"
+CALIBRATION_BATCH_SIZE = 32     # chapter 7 trains, and calibrates s*, with batches of m = 32
 RENARD = [1.0, 1.25, 1.6, 2.0, 2.5, 3.15, 4.0, 5.0, 6.3, 8.0]   # R10: ten log-spaced steps per decade
 
 
@@ -52,6 +53,7 @@ def data() -> dict:
         "s_star": stored_measurement(CHAPTER, "ch07_s_star"),
         "s_star_lo": stored_measurement(CHAPTER, "ch07_s_star_lo"),
         "s_star_hi": stored_measurement(CHAPTER, "ch07_s_star_hi"),
+        "s_star_batch_size": CALIBRATION_BATCH_SIZE,
         "start_distance": 1.0,
         "alpha": log_grid(-3, 0),
         "drift": [0.0] + log_grid(-5, -1),

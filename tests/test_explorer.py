@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import explorer_data  # noqa: E402
+import nbformat  # noqa: E402
 
 
 def test_the_data_file_is_written_from_chapter_7s_stored_outputs():
@@ -35,3 +36,14 @@ def test_the_threshold_is_chapter_7s_and_the_sliders_are_log_spaced():
     assert all(math.log2(m).is_integer() for m in data["batch_size"])
     for key, value in data["defaults"].items():
         assert value in data[key], key
+    chapter_text = "".join(c.source for c in nbformat.read(chapter, as_version=4).cells)
+    assert f"$m = {data['s_star_batch_size']}$" in chapter_text           # the calibration's batch size
+
+
+def test_the_static_version_uses_the_explorers_defaults():
+    data = explorer_data.data()
+    cells = [c.source for c in nbformat.read(explorer_data.CHAPTER, as_version=4).cells
+             if "ema-explorer-fallback" in c.metadata.get("tags", [])]
+    d = data["defaults"]
+    assert len(cells) == 1 and (f"EXPLORER_START, EXPLORER_M, EXPLORER_DRIFT = {data['start_distance']}, "
+                                f"{d['batch_size']}, {d['drift']}") in cells[0]

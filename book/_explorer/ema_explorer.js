@@ -15,7 +15,7 @@
 
   var SVG_NS = "http://www.w3.org/2000/svg";
   // Okabe-Ito colours, distinguishable with the common colour-vision deficiencies.
-  var COLOURS = { population: "#000000", ema: "#0072B2", debiased: "#D55E00", cumulative: "#009E73" };
+  var COLOURS = { population: "currentColor", ema: "#0072B2", debiased: "#D55E00", cumulative: "#009E73" };
 
   // ------------------------------------------------------------------ closed forms
   function emaNoiseSd(alpha, m, t) {           // bnlib.ema_noise_sd
@@ -104,7 +104,7 @@
         type: "range", id: id, min: "0", max: String(values.length - 1), step: "1",
         value: String(state[key]), "data-key": key
       });
-      var out = el("output", { "for": id, id: id + "-value" });
+      var out = el("output", { "for": id, id: id + "-value", "aria-live": "off" });   // the slider's aria-valuetext is read
       row.appendChild(input);
       row.appendChild(out);
       controls.appendChild(row);
@@ -121,7 +121,7 @@
       slider("drift", "Drift of the population mean per step (population sd)", data.drift, function (v) {
         return "drift = " + plain(v) + " sd per step";
       }),
-      slider("m", "Batch size m (independent values per channel)", data.batch_size, function (v) {
+      slider("m", "Batch size m (examples per batch)", data.batch_size, function (v) {
         return "m = " + plain(v);
       })
     ];
@@ -258,7 +258,7 @@
         return [s.kind, s.label + ": expected value, \u00b11 and \u00b12 sd of batch noise"];
       })).forEach(function (item) {
         var li = el("li", {});
-        li.appendChild(el("span", { "class": "emx-swatch", style: "background:" + COLOURS[item[0]], "aria-hidden": "true" }));
+        li.appendChild(el("span", { "class": "emx-swatch", style: "background-color:" + COLOURS[item[0]], "aria-hidden": "true" }));
         li.appendChild(document.createTextNode(item[1]));
         legend.appendChild(li);
       });
@@ -269,8 +269,12 @@
       var trusted = meanAbs <= data.s_star;
       title.textContent = "Running mean against the population mean, \u03b1 = " + plain(alpha) +
         ", drift " + plain(drift) + " sd per step, m = " + plain(m);
-      desc.textContent = "After " + steps + " steps the EMA is expected " + fmt(ema[0]) +
-        " population sd below the population mean, with a noise sd of " + fmt(ema[1]) + ".";
+      desc.textContent = "After " + steps + " steps the expected distance below the population mean is " +
+        fmt(ema[0]) + " population sd for the EMA (noise sd " + fmt(ema[1]) + ")" +
+        series.slice(1).map(function (s) {
+          var b = band(s.kind, alpha, m, drift, steps, start);
+          return ", " + fmt(b[0]) + " for the " + s.label + " (noise sd " + fmt(b[1]) + ")";
+        }).join("") + ".";
 
       readout.textContent = "";
       row("steps", "Steps shown", String(steps), "(five windows, at least 50, at most 2000)");
@@ -294,25 +298,34 @@
         row("cumulative_error", "Cumulative average: expected error at step " + steps, fmt(c[0]), "sd");
         row("cumulative_noise", "Cumulative average: noise sd at step " + steps, fmt(c[1]), "sd");
       }
-      row("s_rms", "Root-mean-square distance s_rms (steady state)", fmt(sRms), "sd");
-      row("mean_abs", "Mean absolute distance \u221a(2/\u03c0) s_rms", fmt(meanAbs),
-          "sd, against s* = " + plain(data.s_star) + " (chapter 7's calibration; " +
-          plain(data.s_star_lo) + " to " + plain(data.s_star_hi) + " over resampled seeds)");
-      var parts = [["start-up bias", Math.pow(1 - alpha, steps) * start], ["lag", drift * (1 - Math.pow(1 - alpha, steps)) / alpha],
-                   ["batch noise", ema[1]]];
-      parts.sort(function (p, q) { return q[1] - p[1]; });
-      takeaway.textContent = "After " + steps + " steps the EMA is off by " + fmt(ema[0]) + " ± " + fmt(ema[1]) +
-        " population sd; " + parts[0][0] + " dominates.";
+      row("s_rms", "Root-mean-square distance s_rms (steady state, checkpoint view)", fmt(sRms), "sd");
+      row("mean_abs", "The rule's statistic \u221a(2/\u03c0) s_rms", fmt(meanAbs),
+          "sd: the mean absolute distance when the noise dominates, up to \u221a(\u03c0/2) times less than it " +
+          "when the lag does; against s* = " + plain(data.s_star) + ", calibrated at m = " +
+          plain(data.s_star_batch_size) + " on chapter 7's two networks (" + plain(data.s_star_lo) + " to " +
+          plain(data.s_star_hi) + " over resampled seeds)");
+      var startup = Math.pow(1 - alpha, steps) * start, faded = startup <= data.s_star;
+      var systematic = Math.abs(ema[0]), noise = ema[1];
+      var which = systematic >= 2 * noise
+        ? (Math.abs(startup) > Math.abs(ema[0] - startup) ? "the start-up bias dominates" : "the lag dominates")
+        : noise >= 2 * systematic ? "the batch noise dominates" : "start-up bias and lag together are comparable to the noise";
+      takeaway.textContent = "After " + steps + " steps the EMA is off by " + fmt(ema[0]) + " \u00b1 " + fmt(ema[1]) +
+        " population sd: " + which + ".";
+      var where = m === data.s_star_batch_size ? "" : " (an extrapolation: s* was calibrated at m = " + plain(data.s_star_batch_size) + ")";
       verdict.textContent = trusted
-        ? "The rule: trust EMA-tracked accuracy at these settings (\u221a(2/\u03c0) s_rms \u2264 s*)."
-        : "The rule: do not trust EMA-tracked accuracy at these settings (\u221a(2/\u03c0) s_rms > s*); recalibrate before reading it.";
+        ? "The rule: trust EMA-tracked accuracy at these settings once the start-up bias has faded (\u221a(2/\u03c0) s_rms \u2264 s*)" + where + "." +
+          (faded ? "" : " After the " + steps + " steps shown it has not: it is still " + fmt(startup) +
+                        " sd, above s*; wait, or use the debiased EMA.")
+        : "The rule: do not trust EMA-tracked accuracy at these settings (\u221a(2/\u03c0) s_rms > s*)" + where +
+          "; recalibrate before reading it.";
+      verdict.setAttribute("data-faded", faded ? "true" : "false");
       verdict.setAttribute("data-trusted", trusted ? "true" : "false");
       verdict.className = "emx-verdict " + (trusted ? "emx-trusted" : "emx-untrusted");
     }
 
     update();
     // The static figure and table below are for print and for readers without JavaScript.
-    document.querySelectorAll(".tag_ema-explorer-fallback").forEach(function (node) {
+    document.querySelectorAll(".tag_ema-explorer-fallback, .ema-explorer-print").forEach(function (node) {
       node.hidden = true;
     });
     root.setAttribute("data-ready", "true");

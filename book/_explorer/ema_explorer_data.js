@@ -4,6 +4,7 @@ window.emaExplorerData = {
  "s_star": 0.035,
  "s_star_lo": 0.035,
  "s_star_hi": 0.04,
+ "s_star_batch_size": 32,
  "start_distance": 1.0,
  "alpha": [
   0.001,
