@@ -304,7 +304,8 @@
           "when the lag does; against s* = " + plain(data.s_star) + ", calibrated at m = " +
           plain(data.s_star_batch_size) + " on chapter 7's two networks (" + plain(data.s_star_lo) + " to " +
           plain(data.s_star_hi) + " over resampled seeds)");
-      var startup = Math.pow(1 - alpha, steps) * start, faded = startup <= data.s_star;
+      var startup = Math.pow(1 - alpha, steps) * start;
+      var now = Math.sqrt(2 / Math.PI) * Math.hypot(ema[0], ema[1]), settled = now <= data.s_star;
       var systematic = Math.abs(ema[0]), noise = ema[1];
       var which = systematic >= 2 * noise
         ? (Math.abs(startup) > Math.abs(ema[0] - startup) ? "the start-up bias dominates" : "the lag dominates")
@@ -314,11 +315,11 @@
       var where = m === data.s_star_batch_size ? "" : " (an extrapolation: s* was calibrated at m = " + plain(data.s_star_batch_size) + ")";
       verdict.textContent = trusted
         ? "The rule: trust EMA-tracked accuracy at these settings once the start-up bias has faded (\u221a(2/\u03c0) s_rms \u2264 s*)" + where + "." +
-          (faded ? "" : " After the " + steps + " steps shown it has not: it is still " + fmt(startup) +
-                        " sd, above s*; wait, or use the debiased EMA.")
+          (settled ? "" : " After the " + steps + " steps shown the EMA is not there yet: the same statistic at that step is " +
+                          fmt(now) + " sd, above s*; wait, or use the debiased EMA.")
         : "The rule: do not trust EMA-tracked accuracy at these settings (\u221a(2/\u03c0) s_rms > s*)" + where +
           "; recalibrate before reading it.";
-      verdict.setAttribute("data-faded", faded ? "true" : "false");
+      verdict.setAttribute("data-settled", settled ? "true" : "false");
       verdict.setAttribute("data-trusted", trusted ? "true" : "false");
       verdict.className = "emx-verdict " + (trusted ? "emx-trusted" : "emx-untrusted");
     }
