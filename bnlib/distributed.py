@@ -51,6 +51,7 @@ __all__ = [
     "accumulation_train",
     "convert_sync_batch_norm",
     "ddp_train",
+    "ddp_train_many",
     "launch",
     "single_process_train",
     "shard_forward_backward",
@@ -465,6 +466,31 @@ def ddp_train(
             model = convert_sync_batch_norm(model)
         results[layer] = _train(DistributedDataParallel(model), X[:, shard], y[:, shard], lr, loss_of)
     return results
+
+
+def ddp_train_many(rank: int, world_size: int, runs: Sequence[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """Worker: several :func:`ddp_train` runs, one after the other, in one process group.
+
+    Starting P processes costs seconds (each imports torch); runs that share P can
+    share them. Each run builds its own model and ``DistributedDataParallel``
+    wrapper, so the results are those of separate launches.
+
+    Parameters
+    ----------
+    rank, world_size : int
+        Passed by :func:`launch`.
+    runs : sequence of dict
+        The keyword arguments of each :func:`ddp_train` call (``X``, ``y``,
+        ``shard_sizes`` and any of ``lr``, ``seed``, ``layers``, ``loss``).
+
+    Returns
+    -------
+    list
+        This process's result of each run, in order.
+    """
+    if isinstance(runs, dict) or not all(isinstance(run, dict) for run in runs):
+        raise ValueError(f"runs must be a sequence of dicts of ddp_train arguments; got {type(runs).__name__}")
+    return [ddp_train(rank, world_size, **run) for run in runs]
 
 
 # --------------------------------------------------------------------------- the launcher

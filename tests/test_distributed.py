@@ -120,7 +120,7 @@ def test_launch_times_out_and_stops_the_processes():
 # --------------------------------------------------------------------------- a training run under DDP
 from bnlib.data import iterate_minibatches, load_digits_splits  # noqa: E402
 from bnlib.distributed import (  # noqa: E402
-    accumulation_train, convert_sync_batch_norm, ddp_train, single_process_train,
+    accumulation_train, convert_sync_batch_norm, ddp_train, ddp_train_many, single_process_train,
 )
 from bnlib.models import mlp  # noqa: E402
 
@@ -250,3 +250,19 @@ def test_accumulation_train_takes_numpy_sizes_and_checks_shapes(run):
     assert one["losses"].shape == (1,)
     with pytest.raises(ValueError, match=r"X must be a tensor of shape \(T, m, features\)"):
         accumulation_train(X[0], y[0], [13, 12])
+
+
+def test_several_runs_in_one_process_group_equal_separate_launches(run):
+    X, y, _ = run
+    runs = [{"X": X, "y": y, "shard_sizes": [9, 8, 8], "layers": ("sync", "local")},
+            {"X": X, "y": y, "shard_sizes": [13, 12, 0], "loss": "local_mean"}]
+    together = launch(ddp_train_many, 3, args=(runs,), timeout=120)
+    for i, kwargs in enumerate(runs):
+        alone = launch(ddp_train, 3, args=(X, y, kwargs["shard_sizes"], 0.05, 0, kwargs.get("layers", ("sync",)),
+                                           kwargs.get("loss", "global")), timeout=120)
+        for rank in range(3):
+            for layer, result in alone[rank].items():
+                for name, value in result["state"].items():
+                    np.testing.assert_array_equal(together[rank][i][layer]["state"][name], value, err_msg=name)
+    with pytest.raises(ValueError, match="runs must be a sequence of dicts"):
+        ddp_train_many(0, 3, runs[0])
