@@ -412,8 +412,7 @@ def accumulation_momentum(alpha: float, k: int) -> float:
     0.025996
     """
     alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1 (micro-batches per optimiser step); got {k!r}")
+    k = _check_positive_int(k, "k", " (micro-batches per optimiser step)")
     return -math.expm1(math.log1p(-alpha) / k) if alpha < 1.0 else 1.0
 
 
@@ -425,6 +424,13 @@ def _check_steps(steps: Any) -> float:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative int or None (the steady state); got {steps!r}")
     return float(steps)
+
+
+def _check_positive_int(value: Any, name: str, meaning: str = "") -> int:
+    """``value`` as a positive int, or raise naming ``name`` (and saying what it counts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int{meaning}; got {value!r}")
+    return int(value)
 
 
 def _check_real(value: Any, name: str, *, positive: bool = False) -> float:
@@ -517,8 +523,7 @@ def ema_noise_sd(alpha: float, batch_size: int, steps: int | None = None) -> flo
     0.0406
     """
     alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size = _check_positive_int(batch_size, "batch_size")
     t = _check_steps(steps)
     return math.sqrt(alpha * (1.0 - (1.0 - alpha) ** (2.0 * t)) / ((2.0 - alpha) * batch_size))
 
@@ -676,8 +681,7 @@ def running_mean_band(alpha: float | None, batch_size: int, drift: float, steps:
         raise ValueError("steps must be a non-negative int; got None")
     if kind != "ema" and t < 1:
         raise ValueError(f"steps must be >= 1 for kind={kind!r} (no value before the first batch); got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")
+    batch_size = _check_positive_int(batch_size, "batch_size")
     if kind == "cumulative":
         return RunningMeanBand(drift * (t + 1) / 2, 1.0 / math.sqrt(t * batch_size))
     alpha = _check_unit_interval(alpha, "alpha", allow_zero=False)

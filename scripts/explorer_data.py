@@ -64,7 +64,9 @@ def data() -> dict:
 
 def render(values: dict) -> str:
     return ("// Written by scripts/explorer_data.py from chapter 7's stored outputs; do not edit.\n"
-            f"window.emaExplorerData = {json.dumps(values, indent=1)};\n")
+            "window.emaExplorerData = {\n"
+            + ",\n".join(f" {json.dumps(key)}: {json.dumps(value)}" for key, value in values.items())
+            + "\n};\n")
 
 
 def main() -> int:
