@@ -1,6 +1,6 @@
 """How fast is bnlib next to PyTorch on the same machine?
 
-Usage: python bench/bench_bn.py [--repeat N] [--threads T ...] [--output FILE]
+Usage: python bench/bench_bn.py [--runs R] [--repeat N] [--threads T ...] [--output FILE]
 
 Prints a markdown table of timings and ratios bnlib / torch, float32 on CPU:
 
@@ -23,14 +23,16 @@ torch's own default here): one thread is the like-for-like comparison with
 NumPy, whose element-wise operations are single-threaded; the default is what
 a user gets. Each side is called ``--repeat`` times, in blocks that alternate
 between the two sides (see ``seconds``); the table reports medians. bnlib's
-NumPy functions are timed once, next to torch with the first thread count (1
-by default): torch's idle worker threads spin for a while after each call and,
-on a machine with few cores, slow down whatever runs next. Recalibration runs
-a torch model on both sides, so both use each thread count. Timings of the
-large shapes vary from run to run by up to a factor of about 1.5 on a shared
-machine (memory freed by one call may go back to the OS and be page-faulted
-in by the next); run it twice. This is a benchmark, not a test: nothing here
-asserts a speed.
+NumPy functions are timed once per run, next to torch with the first thread
+count (1 by default): torch's idle worker threads spin for a while after each
+call and, on a machine with few cores, slow down whatever runs next.
+Recalibration runs a torch model on both sides, so both use each thread
+count. Timings of the large shapes vary from run to run on a shared machine,
+torch's by up to a factor of two (memory freed by one call may go back to the
+OS and be page-faulted in by the next), so the first table is measured
+``--runs`` times (default 3) and gives, per row, the run whose ratio
+bnlib / torch is the median and the range of the ratio over the runs. This is
+a benchmark, not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -207,6 +209,17 @@ def measure_folding(thread_counts: list[int], repeat: int) -> list[Row]:
     return [rows[name, threads] for name, _, _ in cases for threads in thread_counts]
 
 
+def over_runs(runs: list[list[Row]]) -> list[tuple[Row, float, float]]:
+    """Each row from the run whose ratio is the median (the lower one for an even count),
+    with the smallest and largest ratio over the runs."""
+    combined = []
+    for same_row in zip(*runs):
+        ratios = [a / b for _, _, a, b in same_row]
+        median_run = ratios.index(statistics.median_low(ratios))
+        combined.append((same_row[median_run], min(ratios), max(ratios)))
+    return combined
+
+
 def _table(caption: str, columns: str, rows: list[Row], scale: float, digits: int) -> str:
     """A markdown table: a caption, then one line per (name, threads, a, b) row with a, b and a / b."""
     lines = [caption, "", f"| {columns} |", "|---|---:|---:|---:|---:|"]
@@ -215,13 +228,22 @@ def _table(caption: str, columns: str, rows: list[Row], scale: float, digits: in
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(rows: list[Row]) -> str:
+def markdown_table(runs: list[list[Row]]) -> str:
+    """The first table: one line per operation and thread count, medians over ``runs``."""
+    first_threads = runs[0][0][1]
     caption = (
         f"bnlib {bnlib.__version__} (NumPy {np.__version__}) against torch {torch.__version__}, "
         f"float32, CPU: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         "medians of blocks of calls (bnlib's NumPy functions timed next to torch on "
-        f"{rows[0][1]} thread{'s' * (rows[0][1] > 1)}).")
-    return _table(caption, "operation | torch threads | bnlib (ms) | torch (ms) | bnlib / torch", rows, 1e3, 2)
+        f"{first_threads} thread{'s' * (first_threads > 1)}); each row from the run with the "
+        f"median ratio of {len(runs)} run{'s' * (len(runs) > 1)}, and the range of the ratio over them.")
+    lines = [caption, "",
+             "| operation | torch threads | bnlib (ms) | torch (ms) | bnlib / torch | range over runs |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for (name, threads, a, b), low, high in over_runs(runs):
+        lines.append(f"| {name} | {threads} | {a * 1e3:.2f} | {b * 1e3:.2f} | {a / b:.2f}× "
+                     f"| {low:.2f}–{high:.2f}× |")
+    return "\n".join(lines) + "\n"
 
 
 def folding_table(rows: list[Row]) -> str:
@@ -241,13 +263,17 @@ def emit(table: str, output: Path | None) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs of the first table; each row shows the run with the median ratio (default 3)")
     parser.add_argument("--repeat", type=int, default=45, help="timed calls per side and row (default 45)")
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}),
                         help="torch thread counts to compare with (default: 1 and torch's default)")
     parser.add_argument("--output", type=Path, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    tables = [markdown_table(measure(args.threads, args.repeat)),
+    if args.runs < 1 or args.repeat < 1:
+        parser.error("--runs and --repeat must be positive")
+    tables = [markdown_table([measure(args.threads, args.repeat) for _ in range(args.runs)]),
               folding_table(measure_folding(args.threads, args.repeat))]
     emit("\n".join(tables), args.output)
     return 0
